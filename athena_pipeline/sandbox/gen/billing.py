@@ -168,7 +168,7 @@ def simulate_claims(ctx: Ctx, enc: pl.DataFrame, lines: pl.DataFrame, insurance:
            transfer_type=np.where(self_pay, "Patient", "Primary"), pkg=np.where(self_pay, 0, pkg), amount=C,
            post_date=created, remit_ref=-1)
     tx.add(copay_at_visit > 0, ci=ci, transaction_type="PAYMENT", transaction_reason="COPAY", transfer_type="Patient",
-           pkg=0, amount=-copay_at_visit, post_date=service, remit_ref=-1)
+           pkg=0, amount=-copay_at_visit, post_date=created, remit_ref=-1)  # applied at charge entry
     tx.add(self_pay, ci=ci, transaction_type="ADJUSTMENT", transaction_reason="SELF PAY DISCOUNT",
            transfer_type="Patient", pkg=0, amount=-self_disc, post_date=created, remit_ref=-1)
     remit_ref_paid = np.where(overturned, ci * 3 + 1, ci * 3)  # remit keys: 3*ci (+0 first, +1 second, +2 secondary)

@@ -1,0 +1,1 @@
+"""athenahealth clients: auth, HTTP policy, FHIR bulk export, Data View, subscriptions."""
