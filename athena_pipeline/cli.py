@@ -1,0 +1,318 @@
+"""The ``athena-pipeline`` command.
+
+Why a CLI next to Dagster: the sandbox (generate a world, serve the emulators, move the
+world clock) and a few operator chores must work without a Dagster instance, from a
+Makefile, a test or a terminal. Heavy modules are imported inside each command, so
+``--help`` is instant and works whatever else is installed.
+
+Options fall back to the environment variables documented in ``settings.py`` (shown in
+``--help``); flags override them. Expected failures (a missing world, a bad option) end
+with a one-line ``Error: ...`` and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from athena_pipeline import settings as settings_mod
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+_DATE = click.DateTime(formats=["%Y-%m-%d"])
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is *now* (click's test runner swaps it per call)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # the base class assigns it; we always follow sys.stderr
+        pass
+
+
+def _setup_logging(level: str) -> None:
+    """One stderr handler on the root logger, installed once, at ``level``."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _clean_errors(func: F) -> F:
+    """Turn the errors a user can cause and fix into a one-line ``click.ClickException``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:
+            logging.getLogger(__name__).debug("%s failed", func.__name__, exc_info=True)
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(message) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _FaultsOption(click.Option):
+    """``--faults``, whose help lists the emulator's fault names, read only when help is shown
+    (so every other invocation skips the import)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        try:
+            from athena_pipeline.sandbox.emulator.faults import FAULTS_HELP
+        except ImportError:
+            pass
+        else:
+            self.help = FAULTS_HELP
+        return super().get_help_record(ctx)
+
+
+def _load_world(world_dir: Path) -> Any:
+    """The world at ``world_dir``; FileNotFoundError (-> clean CLI error) when there is none."""
+    from athena_pipeline.sandbox.world import World
+
+    return World.load(world_dir)
+
+
+def default_end_date(today: dt.date | None = None) -> dt.date:
+    """Yesterday: the last complete day, so a fresh world never contains a half-simulated day."""
+    return (today or dt.date.today()) - dt.timedelta(days=1)
+
+
+def default_start_date(end: dt.date) -> dt.date:
+    """Three years of history ending on ``end``: end minus 3 years plus 1 day (Feb 29 -> Mar 1)."""
+    try:
+        three_years_back = end.replace(year=end.year - 3)
+    except ValueError:  # Feb 29 in a year three years after a non-leap year
+        three_years_back = end.replace(year=end.year - 3, day=28)
+    return three_years_back + dt.timedelta(days=1)
+
+
+def count_facts(facts_path: Path) -> dict[str, int]:
+    """Rows per facts table, in one query over the read-only facts database."""
+    import duckdb
+
+    from athena_pipeline.sandbox.facts_schema import FACT_TABLES
+
+    sql = " UNION ALL ".join(
+        f"SELECT {i} AS i, '{name}' AS t, count(*) AS n FROM {name}" for i, name in enumerate(FACT_TABLES)
+    )
+    with duckdb.connect(str(facts_path), read_only=True) as con:
+        rows = con.execute(f"SELECT t, n FROM ({sql}) ORDER BY i").fetchall()
+    return {table: int(n) for table, n in rows}
+
+
+# --- the command tree ----------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="athena-pipeline")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Logging threshold (logs go to stderr; results to stdout).",
+)
+def main(log_level: str) -> None:
+    """athenahealth -> DuckDB -> dbt marts -> Caspio, with a built-in sandbox."""
+    _setup_logging(log_level.upper())
+
+
+@main.command("settings")
+@_clean_errors
+def show_settings() -> None:
+    """Print the effective configuration as JSON (secrets shown as ***)."""
+    s = settings_mod.Settings.from_env()
+    click.echo(json.dumps({**s.redacted(), "is_sandbox": s.is_sandbox}, indent=2))
+
+
+@main.group()
+def sandbox() -> None:
+    """A synthetic practice and emulators of the athenahealth APIs, on loopback."""
+
+
+@sandbox.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SANDBOX_WORLD",
+    show_envvar=True,
+    default=settings_mod.SANDBOX_WORLD,
+    show_default=True,
+    help="World directory to create.",
+)
+@click.option(
+    "--seed", type=int, default=42, show_default=True, help="Random seed; same options => same world."
+)
+@click.option(
+    "--providers", type=click.IntRange(min=1), default=15, show_default=True, help="Rendering providers."
+)
+@click.option(
+    "--patients",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Patients in the panel.  [default: 1,650 per provider]",
+)
+@click.option(
+    "--start", type=_DATE, default=None, help="First simulated day.  [default: END - 3 years + 1 day]"
+)
+@click.option("--end", type=_DATE, default=None, help="Last simulated day.  [default: yesterday]")
+@click.option(
+    "--practice-id",
+    type=int,
+    envvar="ATHENA_PRACTICE_ID",
+    show_envvar=True,
+    default=settings_mod.SANDBOX_PRACTICE_ID,
+    show_default=True,
+    help="athenaOne practice id (CONTEXTID) of the synthetic practice.",
+)
+@_clean_errors
+def generate(
+    out_dir: Path,
+    seed: int,
+    providers: int,
+    patients: int | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    practice_id: int,
+) -> None:
+    """Generate a sandbox world (facts + Data View and FHIR renderings) into --out."""
+    end_date = end.date() if end else default_end_date()
+    start_date = start.date() if start else default_start_date(end_date)
+    if start_date > end_date:
+        raise ValueError(f"--start {start_date} is after --end {end_date}")
+
+    from athena_pipeline.sandbox.generate import generate_world
+    from athena_pipeline.sandbox.world import WorldOptions
+
+    options = WorldOptions(
+        seed=seed,
+        providers=providers,
+        patients=patients,
+        start=start_date,
+        end=end_date,
+        practice_id=practice_id,
+    )
+    t0 = time.perf_counter()
+    world = generate_world(out_dir, options)
+    elapsed = time.perf_counter() - t0
+
+    counts = count_facts(world.facts_path)
+    click.echo(
+        f"world {world.root}: {options.providers} providers, {options.patient_count:,} patients, "
+        f"{options.start} .. {options.end} (clock {world.current_date}), seed {options.seed}"
+    )
+    width = max(len(t) for t in counts)
+    for table, n in counts.items():
+        click.echo(f"  {table:<{width}}  {n:>12,}")
+    click.echo(f"generated in {elapsed:.1f} s")
+
+
+@sandbox.command()
+@click.option(
+    "--world",
+    "world_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SANDBOX_WORLD",
+    show_envvar=True,
+    default=settings_mod.SANDBOX_WORLD,
+    show_default=True,
+    help="World directory to serve (made by `sandbox generate`).",
+)
+@click.option("--host", default=settings_mod.SANDBOX_HOST, show_default=True, help="Interface to bind.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    envvar="SANDBOX_PORT",
+    show_envvar=True,
+    default=settings_mod.SANDBOX_PORT,
+    show_default=True,
+    help="TCP port; 0 picks a free one.",
+)
+@click.option(
+    "--faults",
+    cls=_FaultsOption,
+    default=None,
+    metavar="SPEC",
+    help="Fault injection spec; see athena_pipeline/sandbox/emulator/faults.py.",
+)
+@_clean_errors
+def serve(world_dir: Path, host: str, port: int, faults: str | None) -> None:
+    """Serve the athenahealth emulator (OAuth, FHIR R4, Bulk Data export) for a world."""
+    _load_world(world_dir)
+    from athena_pipeline.sandbox.server import serve as serve_world
+
+    log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    try:
+        serve_world(world_dir, host=host, port=port, faults=faults, log_level=log_level)
+    except KeyboardInterrupt:  # Ctrl-C is how a foreground server is meant to stop
+        click.echo("emulator stopped", err=True)
+
+
+@sandbox.command()
+@click.option(
+    "--world",
+    "world_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SANDBOX_WORLD",
+    show_envvar=True,
+    default=settings_mod.SANDBOX_WORLD,
+    show_default=True,
+    help="World directory to advance.",
+)
+@click.option(
+    "--days", type=click.IntRange(min=1), required=True, help="Days to simulate past the world clock."
+)
+@_clean_errors
+def advance(world_dir: Path, days: int) -> None:
+    """Move the world clock forward: new visits, claims and payments, then re-render."""
+    _load_world(world_dir)
+    from athena_pipeline.sandbox.advance import advance_world
+
+    t0 = time.perf_counter()
+    summary = advance_world(world_dir, days)
+    elapsed = time.perf_counter() - t0
+    _echo_summary(summary)
+    click.echo(f"advanced {days} day(s) in {elapsed:.1f} s")
+
+
+def _echo_summary(summary: dict[str, Any]) -> None:
+    """``key: value`` lines; a dict of per-table dicts (e.g. row changes) as one line per table."""
+    for key, value in summary.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            click.echo(f"  {key}:")
+            width = max(len(str(k)) for k in value)
+            for table, counts in value.items():
+                cells = "  ".join(
+                    f"{name}={n:,}" if isinstance(n, int) else f"{name}={n}" for name, n in counts.items()
+                )
+                click.echo(f"    {table:<{width}}  {cells}")
+        else:
+            click.echo(f"  {key}: {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,276 @@
+"""Every setting of the pipeline, read from environment variables in one place.
+
+Why one frozen dataclass: the CLI, the Dagster resources and the tests all need the same
+values with the same defaults, and none of them should parse ``os.environ`` on its own.
+This module is plain Python (no Dagster import) so the CLI and the sandbox can use it.
+
+The defaults point at the **sandbox** (the athenahealth emulator on loopback, the sandbox
+world's Data View file, a local DuckDB warehouse). Pointing the pipeline at real
+athenahealth, Snowflake and Caspio is a matter of setting the variables below; nothing
+else changes. Secrets (client secrets, the Snowflake password) never appear in ``repr``
+or in :meth:`Settings.redacted`.
+
+Environment variables (default in brackets):
+
+athenahealth
+    ATHENA_FHIR_BASE_URL        FHIR R4 base URL [http://127.0.0.1:{SANDBOX_PORT}/fhir/r4]
+    ATHENA_TOKEN_URL            OAuth 2.0 token endpoint [http://127.0.0.1:{SANDBOX_PORT}/oauth2/v1/token]
+    ATHENA_AUTH                 none | client_secret | private_key_jwt [client_secret]
+    ATHENA_CLIENT_ID            OAuth client id [sandbox-client]
+    ATHENA_CLIENT_SECRET        OAuth client secret, for client_secret auth [sandbox-secret]
+    ATHENA_PRIVATE_KEY_PATH     PEM private key, for private_key_jwt auth [unset]
+    ATHENA_KEY_ID               ``kid`` of that key as registered with athenahealth [unset]
+    ATHENA_PRACTICE_ID          athenaOne practice id (CONTEXTID) [195900]
+    ATHENA_GROUP_ID             FHIR Group for the practice-wide bulk export [a-1.c-{practice_id}]
+    ATHENA_SCOPES               space-separated OAuth scopes [system/*.read]
+    ATHENA_REQUESTS_PER_SECOND  client-side throttle for API calls [5]
+Data View (athenaOne tables)
+    DATAVIEW_KIND               duckdb (the sandbox file) | snowflake (the real share) [duckdb]
+    DATAVIEW_DUCKDB_PATH        Data View DuckDB file for kind duckdb [{SANDBOX_WORLD}/dataview.duckdb]
+    DATAVIEW_DATABASE           database of the share [ATHENAHEALTH]
+    DATAVIEW_SCHEMA             schema of the share [ATHENAONE]
+    SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER, SNOWFLAKE_PASSWORD, SNOWFLAKE_ROLE, SNOWFLAKE_WAREHOUSE
+                                Snowflake connection, for kind snowflake [unset]
+Local storage
+    WAREHOUSE_PATH              the DuckDB warehouse; keep this file NAME the same everywhere,
+                                dbt's database name is its stem [data/warehouse.duckdb]
+    LANDING_DIR                 where bulk export NDJSON files land [data/landing]
+Sandbox
+    SANDBOX_WORLD               the sandbox world directory [.sandbox/world]
+    SANDBOX_PORT                port of the sandbox emulator [8765]
+Caspio (publishing)
+    CASPIO_BASE_URL             the account's Integration URL [http://127.0.0.1:{SANDBOX_PORT}/caspio]
+    CASPIO_CLIENT_ID            REST client id [sandbox-caspio-client]
+    CASPIO_CLIENT_SECRET        REST client secret [sandbox-caspio-secret]
+    CASPIO_CALL_BUDGET          most API calls one publish may spend [5000]
+    CASPIO_TABLE_PREFIX         prefix of every table the pipeline owns in Caspio [ap_]
+    CASPIO_PUBLISH_PATIENT_LEVEL  publish patient-level tables (care-gap lists) [false]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+# Every variable :meth:`Settings.from_env` reads, in documentation order (README, .env.example).
+ENV_VARS: tuple[str, ...] = (
+    "ATHENA_FHIR_BASE_URL",
+    "ATHENA_TOKEN_URL",
+    "ATHENA_AUTH",
+    "ATHENA_CLIENT_ID",
+    "ATHENA_CLIENT_SECRET",
+    "ATHENA_PRIVATE_KEY_PATH",
+    "ATHENA_KEY_ID",
+    "ATHENA_PRACTICE_ID",
+    "ATHENA_GROUP_ID",
+    "ATHENA_SCOPES",
+    "ATHENA_REQUESTS_PER_SECOND",
+    "DATAVIEW_KIND",
+    "DATAVIEW_DUCKDB_PATH",
+    "DATAVIEW_DATABASE",
+    "DATAVIEW_SCHEMA",
+    "SNOWFLAKE_ACCOUNT",
+    "SNOWFLAKE_USER",
+    "SNOWFLAKE_PASSWORD",
+    "SNOWFLAKE_ROLE",
+    "SNOWFLAKE_WAREHOUSE",
+    "WAREHOUSE_PATH",
+    "LANDING_DIR",
+    "SANDBOX_WORLD",
+    "SANDBOX_PORT",
+    "CASPIO_BASE_URL",
+    "CASPIO_CLIENT_ID",
+    "CASPIO_CLIENT_SECRET",
+    "CASPIO_CALL_BUDGET",
+    "CASPIO_TABLE_PREFIX",
+    "CASPIO_PUBLISH_PATIENT_LEVEL",
+)
+
+ATHENA_AUTH_MODES = ("none", "client_secret", "private_key_jwt")
+DATAVIEW_KINDS = ("duckdb", "snowflake")
+
+SANDBOX_HOST = "127.0.0.1"
+SANDBOX_PORT = 8765
+SANDBOX_WORLD = ".sandbox/world"
+SANDBOX_CLIENT_ID = "sandbox-client"
+SANDBOX_CLIENT_SECRET = "sandbox-secret"
+SANDBOX_PRACTICE_ID = 195900
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def _secret(default: str | None = None) -> Any:
+    """A field that is kept out of ``repr`` (and so out of logs and tracebacks)."""
+    return field(default=default, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The pipeline's configuration. Build it with :meth:`from_env`; see the module docstring."""
+
+    # athenahealth
+    athena_fhir_base_url: str = f"http://{SANDBOX_HOST}:{SANDBOX_PORT}/fhir/r4"
+    athena_token_url: str = f"http://{SANDBOX_HOST}:{SANDBOX_PORT}/oauth2/v1/token"
+    athena_auth: str = "client_secret"
+    athena_client_id: str = SANDBOX_CLIENT_ID
+    athena_client_secret: str | None = _secret(SANDBOX_CLIENT_SECRET)
+    athena_private_key_path: Path | None = None
+    athena_key_id: str | None = None
+    athena_practice_id: int = SANDBOX_PRACTICE_ID
+    athena_group_id: str = f"a-1.c-{SANDBOX_PRACTICE_ID}"
+    athena_scopes: str = "system/*.read"
+    athena_requests_per_second: float = 5.0
+    # Data View
+    dataview_kind: str = "duckdb"
+    dataview_duckdb_path: Path = Path(SANDBOX_WORLD) / "dataview.duckdb"
+    dataview_database: str = "ATHENAHEALTH"
+    dataview_schema: str = "ATHENAONE"
+    snowflake_account: str | None = None
+    snowflake_user: str | None = None
+    snowflake_password: str | None = _secret()
+    snowflake_role: str | None = None
+    snowflake_warehouse: str | None = None
+    # local storage
+    warehouse_path: Path = Path("data/warehouse.duckdb")
+    landing_dir: Path = Path("data/landing")
+    # sandbox
+    sandbox_world: Path = Path(SANDBOX_WORLD)
+    sandbox_port: int = SANDBOX_PORT
+    # Caspio
+    caspio_base_url: str = f"http://{SANDBOX_HOST}:{SANDBOX_PORT}/caspio"
+    caspio_client_id: str = "sandbox-caspio-client"
+    caspio_client_secret: str | None = _secret("sandbox-caspio-secret")
+    caspio_call_budget: int = 5000
+    caspio_table_prefix: str = "ap_"
+    caspio_publish_patient_level: bool = False
+
+    def __post_init__(self) -> None:
+        if self.athena_auth not in ATHENA_AUTH_MODES:
+            raise ValueError(
+                f"ATHENA_AUTH must be one of {', '.join(ATHENA_AUTH_MODES)}, got {self.athena_auth!r}"
+            )
+        if self.athena_auth == "private_key_jwt" and self.athena_private_key_path is None:
+            raise ValueError("ATHENA_AUTH=private_key_jwt needs ATHENA_PRIVATE_KEY_PATH")
+        if self.dataview_kind not in DATAVIEW_KINDS:
+            raise ValueError(
+                f"DATAVIEW_KIND must be one of {', '.join(DATAVIEW_KINDS)}, got {self.dataview_kind!r}"
+            )
+        if self.athena_requests_per_second <= 0:
+            raise ValueError("ATHENA_REQUESTS_PER_SECOND must be > 0")
+        if not 0 <= self.sandbox_port <= 65535:
+            raise ValueError(f"SANDBOX_PORT must be a TCP port (0-65535), got {self.sandbox_port}")
+        if self.caspio_call_budget < 0:
+            raise ValueError("CASPIO_CALL_BUDGET must be >= 0")
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Read every variable from ``environ``; unset or empty ones take the sandbox default.
+
+        Raises ValueError with the variable's name (never its value) when one is malformed.
+        """
+
+        def get(name: str) -> str | None:
+            value = environ.get(name)
+            return value.strip() if value is not None and value.strip() != "" else None
+
+        def num(name: str, kind: type) -> Any:
+            raw = get(name)
+            if raw is None:
+                return None
+            try:
+                return kind(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}") from None
+
+        def flag(name: str) -> bool | None:
+            raw = get(name)
+            if raw is None:
+                return None
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError(f"{name} must be true or false")
+
+        practice_id = num("ATHENA_PRACTICE_ID", int) or SANDBOX_PRACTICE_ID
+        sandbox_world = Path(get("SANDBOX_WORLD") or SANDBOX_WORLD)
+        sandbox_port = num("SANDBOX_PORT", int)
+        # The sandbox URLs follow SANDBOX_PORT, so moving the emulator is one variable, not three.
+        sandbox_base = f"http://{SANDBOX_HOST}:{sandbox_port if sandbox_port is not None else SANDBOX_PORT}"
+        key_path = get("ATHENA_PRIVATE_KEY_PATH")
+        values: dict[str, Any] = {
+            "athena_fhir_base_url": get("ATHENA_FHIR_BASE_URL") or f"{sandbox_base}/fhir/r4",
+            "athena_token_url": get("ATHENA_TOKEN_URL") or f"{sandbox_base}/oauth2/v1/token",
+            "athena_auth": (get("ATHENA_AUTH") or "client_secret").lower(),
+            "athena_client_id": get("ATHENA_CLIENT_ID"),
+            "athena_client_secret": get("ATHENA_CLIENT_SECRET"),
+            "athena_private_key_path": Path(key_path) if key_path else None,
+            "athena_key_id": get("ATHENA_KEY_ID"),
+            "athena_practice_id": practice_id,
+            "athena_group_id": get("ATHENA_GROUP_ID") or f"a-1.c-{practice_id}",
+            "athena_scopes": get("ATHENA_SCOPES"),
+            "athena_requests_per_second": num("ATHENA_REQUESTS_PER_SECOND", float),
+            "dataview_kind": (get("DATAVIEW_KIND") or "duckdb").lower(),
+            "dataview_duckdb_path": Path(get("DATAVIEW_DUCKDB_PATH") or sandbox_world / "dataview.duckdb"),
+            "dataview_database": get("DATAVIEW_DATABASE"),
+            "dataview_schema": get("DATAVIEW_SCHEMA"),
+            "snowflake_account": get("SNOWFLAKE_ACCOUNT"),
+            "snowflake_user": get("SNOWFLAKE_USER"),
+            "snowflake_password": get("SNOWFLAKE_PASSWORD"),
+            "snowflake_role": get("SNOWFLAKE_ROLE"),
+            "snowflake_warehouse": get("SNOWFLAKE_WAREHOUSE"),
+            "warehouse_path": _path_or_none(get("WAREHOUSE_PATH")),
+            "landing_dir": _path_or_none(get("LANDING_DIR")),
+            "sandbox_world": sandbox_world,
+            "sandbox_port": sandbox_port,
+            "caspio_base_url": get("CASPIO_BASE_URL") or f"{sandbox_base}/caspio",
+            "caspio_client_id": get("CASPIO_CLIENT_ID"),
+            "caspio_client_secret": get("CASPIO_CLIENT_SECRET"),
+            "caspio_call_budget": num("CASPIO_CALL_BUDGET", int),
+            "caspio_table_prefix": get("CASPIO_TABLE_PREFIX"),
+            "caspio_publish_patient_level": flag("CASPIO_PUBLISH_PATIENT_LEVEL"),
+        }
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    # --- views ----------------------------------------------------------------------------
+    @property
+    def is_sandbox(self) -> bool:
+        """True when the athenahealth endpoints are on loopback, i.e. the sandbox emulator."""
+        return _is_loopback(self.athena_fhir_base_url) and _is_loopback(self.athena_token_url)
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as plain JSON-able values, secrets shown as ``***`` (unset ones as None).
+
+        Safe to log or print: it is what ``athena-pipeline`` shows when asked for its configuration.
+        """
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                value = "***" if value else None
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def _path_or_none(raw: str | None) -> Path | None:
+    return Path(raw) if raw else None
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
