@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 
+from athena_pipeline.sandbox.duck import connect_for_build
 from athena_pipeline.sandbox.generate import render_all
 from athena_pipeline.sandbox.timeline import materialize
 from athena_pipeline.sandbox.world import World
@@ -52,7 +53,7 @@ def advance_world(world_dir: Path, days: int) -> dict:
     old_clock = world.clock
     t0 = time.perf_counter()
     world.current_date = new_date
-    con = duckdb.connect(str(world.facts_path))
+    con = connect_for_build(world.facts_path)
     try:
         materialize(con, world.clock)
         changes = _change_counts(con, old_clock)

@@ -12,16 +12,25 @@ import os
 import time
 from pathlib import Path
 
-import duckdb
 
+from athena_pipeline.sandbox.duck import connect_for_build
 from athena_pipeline.sandbox.gen.assemble import build_timeline
-from athena_pipeline.sandbox.gen.ctx import Ctx
-from athena_pipeline.sandbox.timeline import materialize, write_timeline
+from athena_pipeline.sandbox.gen.ctx import Ctx, IdAllocator
+from athena_pipeline.sandbox.gen.people import build_reference
+from athena_pipeline.sandbox.timeline import finish_timeline, materialize, write_timeline
 from athena_pipeline.sandbox.world import World, WorldOptions
 
 log = logging.getLogger(__name__)
 
 HORIZON_DAYS = 120  # the timeline runs this far past the end date; `sandbox advance` can move up to it
+# Patients are generated in shards of about this many, so memory stays flat as practices grow
+# (a shard's frames are written to DuckDB and dropped before the next is built).
+PATIENTS_PER_SHARD = 25_000
+
+
+def shard_sizes(n: int) -> list[int]:
+    k = max(1, -(-n // PATIENTS_PER_SHARD))
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
 def _validate(options: WorldOptions) -> None:
@@ -37,16 +46,24 @@ def _validate(options: WorldOptions) -> None:
 
 def build_facts(path: Path, options: WorldOptions, clock: dt.datetime) -> dict[str, int]:
     """Write ``facts.duckdb`` (timeline + facts as of ``clock``) to ``path``; returns row counts."""
-    ctx = Ctx(options=options, horizon_end=options.end + dt.timedelta(days=HORIZON_DAYS))
-    t0 = time.perf_counter()
-    frames = build_timeline(ctx)
-    log.info("timeline built in %.1fs", time.perf_counter() - t0)
+    horizon = options.end + dt.timedelta(days=HORIZON_DAYS)
+    ids = IdAllocator()
+    ref = build_reference(Ctx(options=options, horizon_end=horizon, ids=ids))
     if path.exists():
         path.unlink()
-    con = duckdb.connect(str(path))
+    con = connect_for_build(path)
     try:
-        con.execute("SET threads TO 2")
-        write_timeline(con, frames)
+        write_timeline(con, ref)
+        offset = 0
+        sizes = shard_sizes(options.patient_count)
+        for shard, size in enumerate(sizes):
+            t0 = time.perf_counter()
+            ctx = Ctx(options=options, horizon_end=horizon, ids=ids, shard=shard, patient_offset=offset,
+                      shard_patients=size)
+            write_timeline(con, build_timeline(ctx, ref))
+            offset += size
+            log.info("shard %d/%d: %d patients in %.1fs", shard + 1, len(sizes), size, time.perf_counter() - t0)
+        finish_timeline(con)
         materialize(con, clock)
         counts = {t: con.execute(f"SELECT count(*) FROM main.{t}").fetchone()[0]
                   for (t,) in con.execute(

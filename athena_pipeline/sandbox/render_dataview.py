@@ -34,8 +34,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import duckdb
 
+from athena_pipeline.sandbox.duck import connect_for_build
 from athena_pipeline.athena.dataview_catalog import CATALOG, DataViewTable
 from athena_pipeline.sandbox.world import World
 
@@ -456,7 +456,7 @@ def render_dataview(world: World, *, table_map: Mapping[str, str] | None = None)
     _remove(tmp)
     counts: dict[str, int] = {}
     try:
-        con = duckdb.connect(str(tmp))
+        con = connect_for_build(tmp)
         try:
             con.execute(f"ATTACH {_sql_string(str(facts))} AS f (READ_ONLY)")
             con.execute(f"CREATE SCHEMA {SCHEMA}")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import duckdb
 
+from athena_pipeline.sandbox.duck import connect_for_build
 from athena_pipeline.sandbox.world import World
 
 #: FHIR resource type -> SQL file in ``fhir_sql/``. Rendered (and stored) in sorted type order.
@@ -151,7 +152,7 @@ def render_fhir(world: World) -> dict[str, int]:
     for stale in (tmp, tmp.with_name(tmp.name + ".wal")):
         stale.unlink(missing_ok=True)
     try:
-        con = duckdb.connect(str(tmp))
+        con = connect_for_build(tmp)
         try:
             con.execute(f"ATTACH {_sql_literal(str(facts))} AS f (READ_ONLY)")
             counts = render_into(con, world)

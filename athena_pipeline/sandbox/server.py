@@ -7,6 +7,9 @@ is queued rather than refused.
 
 uvicorn's own access log is switched off: it prints full paths and query strings, which can
 carry patient ids. The emulator logs its own line per request with the route template.
+
+:func:`build_config` turns the ``sandbox serve`` options (open mode, extra OAuth clients, token
+and export knobs) into an :class:`EmulatorConfig`, so the CLI stays a thin layer over it.
 """
 
 from __future__ import annotations
@@ -15,16 +18,82 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
 import uvicorn
 
 from athena_pipeline.sandbox.emulator.app import Emulator, create_app
-from athena_pipeline.sandbox.emulator.config import EmulatorConfig
+from athena_pipeline.sandbox.emulator.config import ClientConfig, EmulatorConfig
 from athena_pipeline.sandbox.emulator.faults import FaultInjector
 from athena_pipeline.sandbox.world import World
+
+
+log = logging.getLogger("athena_pipeline.sandbox.athena")
+
+
+def build_config(base: EmulatorConfig | None = None, *, open_mode: bool = False,
+                 environment: str | None = None, token_lifetime: float | None = None,
+                 expires_in_string: bool = False, resources_per_file: int | None = None,
+                 file_expiry: float | None = None, export_delay: float | None = None,
+                 per_second_limit: int | None = None,
+                 jwt_clients: Mapping[str, Sequence[str | dict]] | None = None,
+                 client_secrets: Mapping[str, str] | None = None) -> EmulatorConfig:
+    """``base`` (default :class:`EmulatorConfig`) with the ``sandbox serve`` options applied.
+
+    ``None``/``False`` leaves a setting at its default. ``jwt_clients`` maps a client id to its
+    public keys (see :func:`auth.load_public_keys`) for ``private_key_jwt``; ``client_secrets``
+    maps a client id to a secret for Basic/post auth. A client id that is already registered
+    (e.g. ``sandbox-client``) keeps what it had and gains the new key(s) or secret; new ids are
+    added after the existing clients, so ``clients[0]`` stays the sandbox client. Raises
+    ValueError for a bad value (the dataclass validates environment and file size).
+    """
+    config = base or EmulatorConfig()
+    changes: dict = {}
+    if open_mode:
+        changes["auth_required"] = False
+    if environment is not None:
+        changes["environment"] = environment
+    if token_lifetime is not None:
+        if token_lifetime <= 0:
+            raise ValueError("the token lifetime must be positive")
+        changes["token_lifetime_seconds"] = float(token_lifetime)
+    if expires_in_string:
+        changes["expires_in_as_string"] = True
+    if resources_per_file is not None:
+        changes["resources_per_file"] = int(resources_per_file)
+    if file_expiry is not None:
+        if file_expiry <= 0:
+            raise ValueError("the file expiry must be positive")
+        changes["file_expiry_seconds"] = float(file_expiry)
+    if export_delay is not None:
+        if export_delay < 0:
+            raise ValueError("the export delay must not be negative")
+        changes["export_processing_delay_seconds"] = float(export_delay)
+    if per_second_limit is not None:
+        if per_second_limit < 1:
+            raise ValueError("the per-second limit must be at least 1")
+        changes["per_second_limit"] = int(per_second_limit)
+
+    jwt_clients, client_secrets = dict(jwt_clients or {}), dict(client_secrets or {})
+    if jwt_clients or client_secrets:
+        clients = list(config.clients)
+        for client_id in dict.fromkeys([*jwt_clients, *client_secrets]):
+            if not client_id:
+                raise ValueError("a client id must not be empty")
+            keys = tuple(jwt_clients.get(client_id, ()))
+            secret = client_secrets.get(client_id)
+            at = next((i for i, c in enumerate(clients) if c.client_id == client_id), None)
+            if at is None:
+                clients.append(ClientConfig(client_id, secret=secret, public_keys=keys))
+            else:
+                old = clients[at]
+                clients[at] = replace(old, public_keys=old.public_keys + keys,
+                                      secret=secret if secret is not None else old.secret)
+        changes["clients"] = tuple(clients)
+    return replace(config, **changes) if changes else config
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -127,9 +196,13 @@ def serve(world_dir: Path, host: str = "127.0.0.1", port: int = 0, faults: str |
         f"athenahealth emulator: base={base} fhir={base}/fhir/r4 token={base}/oauth2/v1/token "
         f"client_id={client.client_id if client else ''} "
         f"client_secret={(client.secret or '') if client else ''} "
-        f"dataview={world.dataview_path}",
+        f"dataview={world.dataview_path}" + ("" if config.auth_required else " auth=open"),
         flush=True,
     )
+    log.info("OAuth clients: %s; %s", ", ".join(
+        f"{c.client_id} ({'+'.join(m for m, on in (('secret', c.secret), ('jwt', c.public_keys)) if on)})"
+        for c in config.clients) or "none",
+        "open mode: no token required" if not config.auth_required else "bearer tokens required")
     try:
         uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
                                       lifespan="off")).run(sockets=[sock])

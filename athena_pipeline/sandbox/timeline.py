@@ -123,15 +123,21 @@ ORDER BY n.transaction_id
 
 
 def write_timeline(con: duckdb.DuckDBPyConnection, frames: dict[str, pl.DataFrame]) -> None:
-    con.execute("CREATE SCHEMA timeline")
+    """Write one shard's frames: a table's first shard creates it, later shards append."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS timeline")
+    existing = {t for (t,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'timeline'").fetchall()}
     for name, sql in TIMELINE_SELECT.items():
-        src = frames[name]  # noqa: F841 - DuckDB replacement scan reads the local ``src``
-        if name == "ledger":
-            src = src.with_row_index("ledger_seq")
-            con.execute(f"CREATE TABLE timeline.ledger AS SELECT ledger_seq, * EXCLUDE (ledger_seq) FROM ({sql.replace('FROM src', 'FROM src')})"
-                        .replace("SELECT claim_id", "SELECT ledger_seq, claim_id", 1))
+        if name not in frames:
             continue
-        con.execute(f"CREATE TABLE timeline.{name} AS {sql}")
+        src = frames[name]  # noqa: F841 - DuckDB's replacement scan reads the local ``src``
+        if name == "ledger":
+            sql = "SELECT ledger_seq, " + sql.removeprefix("SELECT ")
+        con.execute(f"INSERT INTO timeline.{name} {sql}" if name in existing else f"CREATE TABLE timeline.{name} AS {sql}")
+
+
+def finish_timeline(con: duckdb.DuckDBPyConnection) -> None:
+    """Steps over the whole timeline once every shard is in: the line-level ledger."""
     con.execute(TRANSACTIONS_SQL)
 
 

@@ -129,7 +129,6 @@ def test_ground_truth_is_complete_and_consistent(small_world):
     assert truth["credit_balances"]["amount"] <= 0
 
 
-@pytest.mark.slow
 def test_realism_bands_on_a_mid_size_practice(tmp_path):
     """Rates planted from rates.py land in their documented bands on a 4-provider, 3-year world."""
     w = generate_world(tmp_path / "mid", WorldOptions(seed=11, providers=4))
@@ -221,3 +220,28 @@ def test_bad_options_are_rejected(tmp_path):
         generate_world(tmp_path / "x", WorldOptions(start=dt.date(2026, 1, 1), end=dt.date(2025, 1, 1)))
     with pytest.raises(ValueError, match="providers"):
         generate_world(tmp_path / "x", WorldOptions(providers=0))
+
+
+def test_sharded_generation_keeps_ids_unique_and_ledgers_whole(tmp_path, monkeypatch):
+    """Large practices are built in patient shards; ids stay unique and every claim's ledger whole."""
+    import athena_pipeline.sandbox.generate as gen
+
+    monkeypatch.setattr(gen, "PATIENTS_PER_SHARD", 400)
+    w = generate_world(tmp_path / "sharded", WorldOptions(seed=5, providers=2, patients=1300))
+    f = w.facts_path
+    assert _q(f, "SELECT count(*), count(DISTINCT patient_id), max(patient_id) FROM timeline.patients")[0] == (
+        1300, 1300, 1300)
+    for table, key in [("appointments", "appointment_id"), ("claims", "claim_id"), ("transactions", "transaction_id"),
+                       ("remittances", "remittance_id"), ("observations", "observation_id")]:
+        n, d = _q(f, f"SELECT count(*), count(DISTINCT {key}) FROM {table}")[0]
+        assert n == d and n > 0, table
+    (bad,) = _q(f, """SELECT count(*) FROM (SELECT c.claim_id, any_value(c.primary_outstanding + c.secondary_outstanding
+        + c.patient_outstanding) AS o, sum(t.amount) AS s FROM claims c JOIN transactions t USING (claim_id)
+        GROUP BY 1) WHERE o <> s""")[0]
+    assert bad == 0
+    # every remittance-linked payment points at a remittance of its own claim
+    assert _q(f, """SELECT count(*) FROM transactions t JOIN remittances r USING (remittance_id)
+                    WHERE r.claim_id <> t.claim_id""")[0][0] == 0
+    from athena_pipeline.sandbox.fhir_checks import unresolved_references
+
+    assert unresolved_references(w.fhir_path) == []

@@ -8,11 +8,20 @@ Endpoints (paths as on api.platform.athenahealth.com):
 - ``GET|POST /fhir/r4/Group/a-1.c-{practiceid}/$export``      bulk kick-off
 - ``GET|DELETE /bulkstatus/{job}``, ``GET /bulkfiles/{job}/{file}``   poll, cancel, download
 - ``GET  /v1/{practiceid}/ping``
+- ``GET  /v1/{practiceid}/patients[/{id}]``, ``/appointments/{id}``, ``/appointments/booked``,
+  ``/providers``, ``/departments``   athenaOne v1 reads from the Data View file (``v1.py``);
+  any other ``/v1/`` path is the gateway's plain-text 404
 - ``GET|POST /_emulator/faults``, ``POST /_emulator/reset``    runtime fault control (sandbox)
 
 Every response carries the quota headers and ``X-Request-Id``; every request is logged as one
 line on ``athena_pipeline.sandbox.athena`` with the route *template* (never concrete ids or
 query strings, which can identify patients), the status and the duration.
+
+Open mode (``EmulatorConfig.auth_required=False``), for third-party Bulk Data clients that run
+without auth as open reference servers allow: no bearer token is needed anywhere. A valid token
+that is sent anyway still names the client (for quotas); anything else in ``Authorization`` is
+ignored. Every caller may read everything, export manifests say ``requiresAccessToken: false``
+and any caller may poll and download any job. The token endpoint keeps working.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -48,9 +58,16 @@ from athena_pipeline.sandbox.emulator.auth import (
     scope_allows_read,
 )
 from athena_pipeline.sandbox.emulator.bulk import BulkExporter, ExportRequest, fhir_instant
-from athena_pipeline.sandbox.emulator.config import RESOURCE_TYPES, V1_SCOPE, EmulatorConfig
+from athena_pipeline.sandbox.emulator.config import (
+    OPEN_MODE_SCOPES,
+    RESOURCE_TYPES,
+    V1_SCOPE,
+    EmulatorConfig,
+)
+from athena_pipeline.sandbox.emulator.dataview_store import DataViewStore
 from athena_pipeline.sandbox.emulator.faults import FaultInjector
 from athena_pipeline.sandbox.emulator.fhir_store import FhirStore, StoreUnavailable
+from athena_pipeline.sandbox.emulator.v1 import gateway_route, v1_routes
 from athena_pipeline.sandbox.world import World
 
 log = logging.getLogger("athena_pipeline.sandbox.athena")
@@ -202,6 +219,7 @@ class Emulator:
         self.meter = UsageMeter(config)
         self.tokens = TokenService(config, self.meter)
         self.exporter = BulkExporter(self.store, config)
+        self.dataview = DataViewStore(self.world_dir)
 
     # --- shared steps ------------------------------------------------------------------------
     def base_url(self, request: Request) -> str:
@@ -251,7 +269,11 @@ class Emulator:
 
         authorization = request.headers.get("authorization")
         token, reason = self.tokens.check_bearer(authorization)
-        if token is not None and self.faults.take("bearer_expired") is not None:
+        if not self.config.auth_required:  # open mode: a token only names the client
+            token = AccessToken(token="", client_id=token.client_id if token else ANONYMOUS,
+                                scopes=OPEN_MODE_SCOPES, expires_at=math.inf,
+                                environment=self.config.environment)
+        elif token is not None and self.faults.take("bearer_expired") is not None:
             token, reason = None, "expired"
         if token is None:
             return None, unauthorized(reason)
@@ -562,7 +584,8 @@ class Emulator:
 
     def _job_for(self, job_id: str, token: AccessToken):
         job = self.exporter.get(job_id)
-        if job is None or job.request.client_id != token.client_id:
+        owner_only = self.config.auth_required  # open mode: any caller may see any job
+        if job is None or (owner_only and job.request.client_id != token.client_id):
             why = ("The export has expired; start a new one." if self.exporter.was_expired(job_id)
                    else "No such export job.")
             return None, operation_outcome(404, "not-found", why)
@@ -791,6 +814,8 @@ def create_app(world_dir: Path | str, config: EmulatorConfig | None = None,
         Route("/fhir/r4/{type}", _unavailable(emu.search), methods=["GET"]),
         Route("/fhir/r4/{type}/{id}", _unavailable(emu.read), methods=["GET"]),
         Route("/v1/{practiceid}/ping", emu.ping, methods=["GET"]),
+        *v1_routes(emu),
+        gateway_route(),  # after every /v1 route: unknown /v1 paths get the gateway's 404
         Route("/bulkstatus/{job_id}", _unavailable(emu.status), methods=["GET", "DELETE"]),
         Route("/bulkfiles/{job_id}/{name}", _unavailable(emu.download), methods=["GET"]),
     ]

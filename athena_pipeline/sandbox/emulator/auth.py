@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import secrets
 import threading
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -169,6 +171,76 @@ def _load_key(key: str | dict):
     if isinstance(key, dict):
         return jwt.PyJWK(key).key
     return serialization.load_pem_public_key(key.encode())
+
+
+# --- public keys of external clients (``sandbox serve --jwt-client ID=PATH``) -----------------
+#: JWK members that describe the public half of a key (RFC 7517/7518); the rest are private.
+_PUBLIC_JWK_MEMBERS = {
+    "RSA": ("kty", "n", "e"), "EC": ("kty", "crv", "x", "y"),
+}
+_JWK_METADATA = ("kid", "alg", "use")
+
+
+def public_jwk(jwk: dict) -> dict:
+    """The public part of a JWK (private members such as ``d`` dropped).
+
+    Why: users often keep one JWKS holding their key pair (the SMART bulk-data-client's config
+    does); the emulator must only ever hold the public half. Raises ValueError when the JWK is
+    not a usable RSA/EC/OKP key.
+    """
+    kty = jwk.get("kty") if isinstance(jwk, dict) else None
+    if kty not in _PUBLIC_JWK_MEMBERS:
+        raise ValueError(f"unsupported JWK key type {kty!r} (use RSA or EC)")
+    missing = [m for m in _PUBLIC_JWK_MEMBERS[kty] if not jwk.get(m)]
+    if missing:
+        raise ValueError(f"JWK lacks {', '.join(missing)}")
+    public = {m: jwk[m] for m in (*_PUBLIC_JWK_MEMBERS[kty], *_JWK_METADATA) if m in jwk}
+    try:
+        jwt.PyJWK(public)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise ValueError(f"not a usable public key: {exc}") from None
+    return public
+
+
+def load_public_keys(path: Path | str) -> tuple[str | dict, ...]:
+    """Public key(s) of an external OAuth client from a file, for ``ClientConfig.public_keys``.
+
+    Accepts a PEM public key (a PEM private key is reduced to its public key), a JWKS JSON file
+    (``{"keys": [...]}``) or a single JWK. Raises ValueError naming the file when it holds
+    nothing usable, FileNotFoundError when it does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such key file")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace").strip()
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+        jwks = doc.get("keys") if isinstance(doc, dict) and "keys" in doc else [doc]
+        if not isinstance(jwks, list) or not jwks:
+            raise ValueError(f"{path}: a JWKS needs a non-empty \"keys\" array")
+        keys: list[str | dict] = []
+        for i, jwk in enumerate(jwks):
+            try:
+                keys.append(public_jwk(jwk))
+            except ValueError as exc:
+                raise ValueError(f"{path}: key {i}: {exc}") from None
+        return tuple(keys)
+    if "-----BEGIN" in text:
+        try:
+            key = serialization.load_pem_public_key(raw)
+        except ValueError:
+            try:
+                key = serialization.load_pem_private_key(raw, password=None).public_key()
+            except (ValueError, TypeError):
+                raise ValueError(f"{path}: not a readable PEM public key") from None
+        pem = key.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return (pem,)
+    raise ValueError(f"{path}: expected a PEM public key or a JWKS JSON file ({{\"keys\": [...]}})")
 
 
 class TokenService:

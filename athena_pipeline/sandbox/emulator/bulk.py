@@ -344,7 +344,7 @@ class BulkExporter:
         return {
             "transactionTime": fhir_instant(job.transaction_time),
             "request": job.request.request_url,
-            "requiresAccessToken": True,
+            "requiresAccessToken": self.config.auth_required,  # False in open mode
             "output": entries("output"),
             "deleted": entries("deleted"),
             "error": entries("error"),

@@ -26,6 +26,9 @@ V1_SCOPE = "athena/service/Athenanet.MDP.*"
 #: What the default sandbox client may be granted: every FHIR read plus v1.
 DEFAULT_ALLOWED_SCOPES: tuple[str, ...] = ("system/*.read", V1_SCOPE)
 
+#: What every caller may do in open mode (``auth_required=False``): read all FHIR and v1.
+OPEN_MODE_SCOPES: frozenset[str] = frozenset(DEFAULT_ALLOWED_SCOPES)
+
 #: Token requests per clock minute, as documented by athenahealth.
 TOKEN_RATE_LIMITS: dict[str, int] = {"production": 50, "preview": 5}
 
@@ -71,6 +74,10 @@ class EmulatorConfig:
     clients: tuple[ClientConfig, ...] = (
         ClientConfig(SANDBOX_CLIENT_ID, secret=SANDBOX_CLIENT_SECRET),
     )
+    #: False = open mode: no bearer token needed anywhere (tokens sent anyway are accepted
+    #: and only name the client), manifests say ``requiresAccessToken: false``. For
+    #: third-party Bulk Data clients run without auth, as open reference servers allow.
+    auth_required: bool = True
     token_lifetime_seconds: float = 3600
     #: Send ``expires_in`` as a JSON string, as athena's newer platform sometimes does.
     expires_in_as_string: bool = False

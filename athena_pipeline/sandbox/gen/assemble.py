@@ -24,13 +24,13 @@ VAX_CODES = _codes_frame(codes.VACCINES, "vaccine_group", ["cvx", "display", "va
 MED_CODES = _codes_frame(codes.MEDICATIONS, "med_group", ["rxnorm", "display"])
 
 
-def _with_ids(df: pl.DataFrame, name: str, base: int, order: list[str]) -> pl.DataFrame:
+def _with_ids(ctx: Ctx, df: pl.DataFrame, name: str, base: int, order: list[str]) -> pl.DataFrame:
     df = df.sort(order)
-    return df.with_columns((pl.arange(1, df.height + 1) + base).cast(pl.Int64).alias(name))
+    return df.with_columns(pl.Series(name, ctx.ids.take(name, df.height, base)))
 
 
-def build_timeline(ctx: Ctx) -> dict[str, pl.DataFrame]:
-    ref = people.build_reference(ctx)
+def build_timeline(ctx: Ctx, ref: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """One shard's timeline (patients ``ctx.patient_offset + 1 ..``), given the practice's reference data."""
     pp = people.build_patients(ctx, ref)
     patients, insurance = pp["patients"], pp["patient_insurance"]
     P = clinical.Patients(ctx, patients)
@@ -69,7 +69,7 @@ def build_timeline(ctx: Ctx) -> dict[str, pl.DataFrame]:
                       (pl.col("start_at") + pl.duration(minutes=15)).alias("created_at"), "seq"))
     conditions = pl.concat([problems.select(enc_dx.columns[:-1]), enc_dx.drop("seq")], how="vertical_relaxed")
     conditions = conditions.join(COND_CODES, on="condition_group", how="left")
-    conditions = _with_ids(conditions, "condition_id", 0, ["created_at", "patient_id", "condition_group", "category"])
+    conditions = _with_ids(ctx, conditions, "condition_id", 0, ["created_at", "patient_id", "condition_group", "category"])
     n = conditions.height
     deleted = (rng.random(n) < 0.004) & (conditions["category"].to_numpy() == "problem-list-item")
     t_del = conditions["created_at"].to_numpy() + np.timedelta64(1, "D") * rng.integers(1, 30, n)
@@ -82,7 +82,7 @@ def build_timeline(ctx: Ctx) -> dict[str, pl.DataFrame]:
     obs = obs.with_columns(
         pl.when(pl.col("category") == "laboratory").then(pl.col("effective_at") + pl.duration(hours=20))
         .otherwise(pl.col("effective_at") + pl.duration(minutes=2)).alias("created_at"))
-    obs = _with_ids(obs, "observation_id", 0, ["created_at", "patient_id", "kind", "effective_at"])
+    obs = _with_ids(ctx, obs, "observation_id", 0, ["created_at", "patient_id", "kind", "effective_at"])
     n = obs.height
     amended = rng.random(n) < 0.003
     t_upd = obs["created_at"].to_numpy() + np.timedelta64(1, "D") * rng.integers(1, 10, n)
@@ -106,61 +106,69 @@ def build_timeline(ctx: Ctx) -> dict[str, pl.DataFrame]:
     procs = procs.join(pat_created, on="patient_id").with_columns(
         pl.max_horizontal(pl.col("performed_date").cast(pl.Datetime("us")) + pl.duration(hours=16),
                           pl.col("_pc") + pl.duration(hours=2)).alias("created_at")).drop("_pc", "_dob")
-    procs = _with_ids(procs, "procedure_id", 0, ["created_at", "patient_id", "kind", "performed_date"])
+    procs = _with_ids(ctx, procs, "procedure_id", 0, ["created_at", "patient_id", "kind", "performed_date"])
 
     # --- immunizations, medications, allergies -------------------------------------------------
     imms = imms.join(VAX_CODES, on="vaccine_group").join(pat_created, on="patient_id").with_columns(
         pl.col("occurrence_date").cast(pl.Date),
         pl.max_horizontal(pl.col("occurrence_date").cast(pl.Datetime("us")) + pl.duration(hours=11),
                           pl.col("_pc") + pl.duration(hours=2)).alias("created_at")).drop("_pc", "_dob")
-    imms = _with_ids(imms, "immunization_id", 0, ["created_at", "patient_id", "vaccine_group"])
+    imms = _with_ids(ctx, imms, "immunization_id", 0, ["created_at", "patient_id", "vaccine_group"])
     meds = meds.join(MED_CODES, on="med_group").join(pat_created, on="patient_id").join(
         patients.select("patient_id", "primary_provider_id"), on="patient_id").with_columns(
         pl.max_horizontal(pl.col("authored_on").cast(pl.Date), pl.col("_pc").cast(pl.Date)).alias("authored_on"))
     meds = meds.with_columns(pl.max_horizontal(pl.col("authored_on").cast(pl.Datetime("us")) + pl.duration(hours=12),
                                                pl.col("_pc") + pl.duration(hours=2)).alias("created_at")).drop("_pc", "_dob")
-    meds = _with_ids(meds, "medication_request_id", 0, ["created_at", "patient_id", "med_group"])
+    meds = _with_ids(ctx, meds, "medication_request_id", 0, ["created_at", "patient_id", "med_group"])
     alg = pl.DataFrame({"allergy_idx": list(range(len(codes.ALLERGIES))),
                         "code_system": [a[0] for a in codes.ALLERGIES], "code": [a[1] for a in codes.ALLERGIES],
                         "display": [a[2] for a in codes.ALLERGIES]})
     allergies = allergies.join(alg, on="allergy_idx").rename({"recorded_at": "created_at"})
-    allergies = _with_ids(allergies, "allergy_id", 0, ["created_at", "patient_id"])
+    allergies = _with_ids(ctx, allergies, "allergy_id", 0, ["created_at", "patient_id"])
 
     # --- claims --------------------------------------------------------------------------------
     cl = sim["claims"].with_columns(pl.col("ci").cast(pl.Int64)).join(
         enc.with_row_index("ci").with_columns(pl.col("ci").cast(pl.Int64)).select(
             "ci", "encounter_id", "appointment_id", "patient_id", "provider_id", "department_id", "encounter_date"),
         on="ci")
-    cl = cl.sort(["created_date", "ci"]).with_columns((pl.arange(1, cl.height + 1) + 2_000_000).cast(pl.Int64).alias("claim_id"))
+    cl = cl.sort(["created_date", "ci"])
+    cl = cl.with_columns(pl.Series("claim_id", ctx.ids.take("claim_id", cl.height, 2_000_000)))
     ci_to_claim = cl.select("ci", "claim_id")
     claim_lines = (lines.with_columns(pl.col("encounter_idx").cast(pl.Int64).alias("ci"))
                    .join(ci_to_claim, on="ci").join(cl.select("claim_id", "created_date"), on="claim_id"))
-    claim_lines = claim_lines.sort(["claim_id", "line_number"]).with_columns(
-        (pl.arange(1, claim_lines.height + 1) + 10_000_000).cast(pl.Int64).alias("charge_id"))
+    claim_lines = claim_lines.sort(["claim_id", "line_number"])
+    claim_lines = claim_lines.with_columns(pl.Series("charge_id", ctx.ids.take("charge_id", claim_lines.height, 10_000_000)))
     claim_diag = (claim_dx.join(cl.select("encounter_id", "claim_id", "created_date"), on="encounter_id")
                   .join(COND_CODES.select("condition_group", "icd10_code"), on="condition_group")
                   .sort(["claim_id", "seq"]).unique(["claim_id", "icd10_code"], keep="first", maintain_order=True))
     claim_diag = claim_diag.with_columns(pl.col("seq").rank("ordinal").over("claim_id").cast(pl.Int32).alias("sequence_number"))
-    claim_diag = claim_diag.filter(pl.col("sequence_number") <= 8).with_columns(
-        (pl.arange(1, claim_diag.filter(pl.col("sequence_number") <= 8).height + 1) + 3_000_000).cast(pl.Int64)
-        .alias("claim_diagnosis_id"))
-    ledger = sim["ledger"].with_columns(pl.col("ci").cast(pl.Int64)).join(ci_to_claim, on="ci")
-    remits = sim["remits"].with_columns(pl.col("ci").cast(pl.Int64)).join(ci_to_claim, on="ci")
-    remits = remits.sort(["remit_date", "claim_id", "remit_key"]).with_columns(
-        (pl.arange(1, remits.height + 1) + 6_000_000).cast(pl.Int64).alias("remittance_id"))
-    radj = (sim["remit_adjustments"].with_columns(pl.col("ci").cast(pl.Int64)).join(ci_to_claim, on="ci")
-            .join(remits.select("remit_key", "remittance_id", "remit_date"), on="remit_key"))
-    radj = radj.sort(["remittance_id", "group_code", "carc"]).with_columns(
-        (pl.arange(1, radj.height + 1) + 7_000_000).cast(pl.Int64).alias("remittance_adjustment_id"))
+    claim_diag = claim_diag.filter(pl.col("sequence_number") <= 8)
+    claim_diag = claim_diag.with_columns(
+        pl.Series("claim_diagnosis_id", ctx.ids.take("claim_diagnosis_id", claim_diag.height, 3_000_000)))
+    # remit keys are 3 * claim index (+0/+1/+2): make them unique across shards
+    key_base = 3 * int(ctx.ids.take("claim_index", enc.height, 0)[0] - 1) if enc.height else 0
+    ledger = sim["ledger"].with_columns(pl.col("ci").cast(pl.Int64)).join(ci_to_claim, on="ci", maintain_order="left")
+    ledger = ledger.with_columns(
+        pl.when(pl.col("remit_ref") >= 0).then(pl.col("remit_ref") + key_base).otherwise(-1).alias("remit_ref"),
+        pl.Series("ledger_seq", ctx.ids.take("ledger_seq", ledger.height, 0)))
+    remits = (sim["remits"].with_columns(pl.col("ci").cast(pl.Int64), pl.col("remit_key") + key_base)
+              .join(ci_to_claim, on="ci"))
+    remits = remits.sort(["remit_date", "claim_id", "remit_key"])
+    remits = remits.with_columns(pl.Series("remittance_id", ctx.ids.take("remittance_id", remits.height, 6_000_000)))
+    radj = (sim["remit_adjustments"].with_columns(pl.col("ci").cast(pl.Int64), pl.col("remit_key") + key_base)
+            .join(ci_to_claim, on="ci").join(remits.select("remit_key", "remittance_id", "remit_date"), on="remit_key"))
+    radj = radj.sort(["remittance_id", "group_code", "carc"])
+    radj = radj.with_columns(pl.Series("remittance_adjustment_id",
+                                       ctx.ids.take("remittance_adjustment_id", radj.height, 7_000_000)))
     events = sim["claim_events"].with_columns(pl.col("ci").cast(pl.Int64)).join(ci_to_claim, on="ci")
     order = {"CREATED": 0, "SCRUB_HOLD": 1, "SUBMITTED": 2, "DENIED": 3, "APPEALED": 4, "PAID": 5,
              "TRANSFERRED": 6, "WRITTEN_OFF": 7, "CLOSED": 8}
     events = events.with_columns(pl.col("event_type").replace_strict(order, return_dtype=pl.Int32).alias("_o"))
-    events = events.sort(["event_date", "claim_id", "_o", "payer_role"]).with_columns(
-        (pl.arange(1, events.height + 1) + 8_000_000).cast(pl.Int64).alias("claim_event_id")).drop("_o")
+    events = events.sort(["event_date", "claim_id", "_o", "payer_role"]).drop("_o")
+    events = events.with_columns(pl.Series("claim_event_id", ctx.ids.take("claim_event_id", events.height, 8_000_000)))
 
     return {
-        **ref, "patients": patients, "patient_insurance": insurance,
+        "patients": patients, "patient_insurance": insurance,
         "appointments": appts.drop("patient_idx"), "encounters": enc.drop(["patient_idx", "age"]),
         "conditions": conditions, "observations": obs.drop("encounter_idx"), "procedures": procs,
         "immunizations": imms, "medication_requests": meds, "allergies": allergies,

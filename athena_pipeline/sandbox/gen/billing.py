@@ -121,7 +121,6 @@ def simulate_claims(ctx: Ctx, enc: pl.DataFrame, lines: pl.DataFrame, insurance:
 
     paid_path = ins & (~denied | overturned)
     R = np.where(overturned, r2, r1)
-    seq = np.where(overturned, 2, 1)
     A = money(np.minimum(C, C * ratio * rng.uniform(0.92, 1.05, m)))
     contractual = money(C - A)
     preventive = ~em_visit | np.char.startswith(cpt.astype(str), "9939") | np.char.startswith(cpt.astype(str), "9938")

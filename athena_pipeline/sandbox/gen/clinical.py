@@ -343,8 +343,8 @@ def build_appointments(ctx: Ctx, P: Patients, n_chronic: np.ndarray, procedure_v
                       rebook.with_columns((pl.lit(base.height) + pl.arange(0, rebook.height)).alias("_row"))],
                      how="vertical_relaxed")
     allx = allx.with_columns(pl.col("start_time").cast(pl.Datetime("us")), pl.col("booked_at").cast(pl.Datetime("us")))
-    allx = allx.sort(["start_time", "patient_id", "_row"]).with_columns(
-        (pl.arange(1, allx.height + 1) + 1_000_000).cast(pl.Int64).alias("appointment_id"))
+    allx = allx.sort(["start_time", "patient_id", "_row"])
+    allx = allx.with_columns(pl.Series("appointment_id", ctx.ids.take("appointment_id", allx.height, 1_000_000)))
     # Link originals <-> rebookings via _row
     id_by_row = np.empty(allx.height, dtype=np.int64)
     id_by_row[allx["_row"].to_numpy()] = allx["appointment_id"].to_numpy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,10 +14,28 @@ DAY = np.timedelta64(1, "D")
 SECOND = np.timedelta64(1, "s")
 
 
+class IdAllocator:
+    """Hands out ids per id space across shards, so a world built in shards has unique ids."""
+
+    def __init__(self) -> None:
+        self.used: dict[str, int] = {}
+
+    def take(self, name: str, n: int, base: int) -> np.ndarray:
+        start = self.used.get(name, 0)
+        self.used[name] = start + n
+        return base + start + np.arange(1, n + 1, dtype=np.int64)
+
+
 @dataclass
 class Ctx:
+    """Generation context for one shard of patients (worlds are built ~25k patients at a time)."""
+
     options: WorldOptions
     horizon_end: dt.date  # last day the timeline covers (end + horizon_days)
+    ids: IdAllocator = field(default_factory=IdAllocator)
+    shard: int = 0
+    patient_offset: int = 0
+    shard_patients: int = 0
 
     @property
     def start(self) -> np.datetime64:
@@ -33,7 +51,7 @@ class Ctx:
 
     def rng(self, section: str) -> np.random.Generator:
         """An independent stream per section, so changing one builder never reshuffles another."""
-        return np.random.default_rng([self.options.seed, zlib.crc32(section.encode())])
+        return np.random.default_rng([self.options.seed, zlib.crc32(section.encode()), self.shard])
 
 
 def choice_weighted(rng: np.random.Generator, n: int, weights) -> np.ndarray:

@@ -113,10 +113,9 @@ def build_reference(ctx: Ctx) -> dict[str, pl.DataFrame]:
 
 
 def build_patients(ctx: Ctx, ref: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-    o = ctx.options
     rng = ctx.rng("patients")
-    n = o.patient_count
-    pid = np.arange(1, n + 1, dtype=np.int64)
+    n = ctx.shard_patients
+    pid = ctx.patient_offset + np.arange(1, n + 1, dtype=np.int64)
     band = choice_weighted(rng, n, [b[2] for b in rates.AGE_BANDS])
     lo = np.array([b[0] for b in rates.AGE_BANDS])[band]
     hi = np.array([b[1] for b in rates.AGE_BANDS])[band]
