@@ -88,6 +88,45 @@ class _FaultsOption(click.Option):
         return super().get_help_record(ctx)
 
 
+def _assignments(param: click.Parameter, values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
+    """``("ID=VALUE", ...)`` as (id, value) pairs; a malformed item is a usage error."""
+    pairs = []
+    for item in values:
+        client_id, sep, value = item.partition("=")
+        if not sep or not client_id.strip() or not value.strip():
+            raise click.BadParameter(f"{item!r} is not CLIENT_ID={what}", param=param)
+        pairs.append((client_id.strip(), value.strip()))
+    return pairs
+
+
+def _parse_jwt_clients(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    """``--jwt-client ID=PATH`` -> {client id: public keys}, read and checked now so a bad key
+    file is a one-line usage error naming the file, not a failure at the first token request."""
+    pairs = _assignments(param, values, "PATH")
+    if not pairs:
+        return {}
+    from athena_pipeline.sandbox.emulator.auth import load_public_keys
+
+    clients: dict[str, tuple] = {}
+    for client_id, path in pairs:
+        try:
+            keys = load_public_keys(Path(path).expanduser())
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+        clients[client_id] = clients.get(client_id, ()) + keys
+    return clients
+
+
+def _parse_client_secrets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    """``--client-secret ID=SECRET`` -> {client id: secret}; one secret per client."""
+    secrets: dict[str, str] = {}
+    for client_id, secret in _assignments(param, values, "SECRET"):
+        if secrets.get(client_id, secret) != secret:
+            raise click.BadParameter(f"two different secrets for client {client_id!r}", param=param)
+        secrets[client_id] = secret
+    return secrets
+
+
 def _load_world(world_dir: Path) -> Any:
     """The world at ``world_dir``; FileNotFoundError (-> clean CLI error) when there is none."""
     from athena_pipeline.sandbox.world import World
@@ -259,15 +298,115 @@ def generate(
     metavar="SPEC",
     help="Fault injection spec; see athena_pipeline/sandbox/emulator/faults.py.",
 )
+@click.option(
+    "--open",
+    "open_mode",
+    is_flag=True,
+    help="Open mode: no bearer token needed anywhere (tokens sent anyway are accepted), bulk "
+    "manifests say requiresAccessToken: false. For Bulk Data clients run without auth.",
+)
+@click.option(
+    "--jwt-client",
+    "jwt_clients",
+    multiple=True,
+    metavar="CLIENT_ID=PATH",
+    callback=_parse_jwt_clients,
+    help="Register a SMART Backend Services (private_key_jwt) client whose public key(s) are in "
+    "PATH: a PEM public key or a JWKS JSON file ({\"keys\": [...]}). Repeatable.",
+)
+@click.option(
+    "--client-secret",
+    "client_secrets",
+    multiple=True,
+    metavar="CLIENT_ID=SECRET",
+    callback=_parse_client_secrets,
+    help="Register an extra client_secret_basic/_post client. Repeatable.",
+)
+@click.option(
+    "--environment",
+    type=click.Choice(["production", "preview"]),
+    default=None,
+    help="athenahealth environment to emulate; sets the token rate limit (50/min production, "
+    "5/min preview).  [default: production]",
+)
+@click.option(
+    "--token-lifetime",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Access token lifetime (expires_in).  [default: 3600]",
+)
+@click.option(
+    "--expires-in-string",
+    is_flag=True,
+    help="Send expires_in as a JSON string, as athena's newer platform sometimes does.",
+)
+@click.option(
+    "--resources-per-file",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Most resources per bulk export NDJSON file; a type spans several files.  [default: 10000]",
+)
+@click.option(
+    "--file-expiry",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Bulk export files (and the job) expire this long after the export completes, then "
+    "answer 404.  [default: 3600]",
+)
+@click.option(
+    "--export-delay",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="A bulk export reports in progress (202) for at least this long.  [default: 2]",
+)
+@click.option(
+    "--per-second-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="API calls per second per client; more get 429 with Retry-After: 1.  [default: off]",
+)
 @_clean_errors
-def serve(world_dir: Path, host: str, port: int, faults: str | None) -> None:
-    """Serve the athenahealth emulator (OAuth, FHIR R4, Bulk Data export) for a world."""
+def serve(
+    world_dir: Path,
+    host: str,
+    port: int,
+    faults: str | None,
+    open_mode: bool = False,
+    jwt_clients: dict | None = None,
+    client_secrets: dict | None = None,
+    environment: str | None = None,
+    token_lifetime: float | None = None,
+    expires_in_string: bool = False,
+    resources_per_file: int | None = None,
+    file_expiry: float | None = None,
+    export_delay: float | None = None,
+    per_second_limit: int | None = None,
+) -> None:
+    """Serve the athenahealth emulator (OAuth, FHIR R4, Bulk Data export, v1 reads) for a world."""
     _load_world(world_dir)
+    from athena_pipeline.sandbox.server import build_config
     from athena_pipeline.sandbox.server import serve as serve_world
 
+    config = build_config(
+        open_mode=open_mode,
+        environment=environment,
+        token_lifetime=token_lifetime,
+        expires_in_string=expires_in_string,
+        resources_per_file=resources_per_file,
+        file_expiry=file_expiry,
+        export_delay=export_delay,
+        per_second_limit=per_second_limit,
+        jwt_clients=jwt_clients,
+        client_secrets=client_secrets,
+    )
     log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     try:
-        serve_world(world_dir, host=host, port=port, faults=faults, log_level=log_level)
+        serve_world(world_dir, host=host, port=port, faults=faults, config=config, log_level=log_level)
     except KeyboardInterrupt:  # Ctrl-C is how a foreground server is meant to stop
         click.echo("emulator stopped", err=True)
 

@@ -208,3 +208,129 @@ def test_serve_runs_the_emulator_and_prints_where_it_listens(tmp_path: Path) -> 
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+# --- sandbox serve: open mode, external OAuth clients, emulator knobs ---------------------------------
+SERVE_OPTIONS = [
+    "--open",
+    "--jwt-client",
+    "--client-secret",
+    "--environment",
+    "--token-lifetime",
+    "--expires-in-string",
+    "--resources-per-file",
+    "--file-expiry",
+    "--export-delay",
+    "--per-second-limit",
+]
+
+
+def test_serve_help_documents_every_emulator_option_with_its_real_default(runner: CliRunner) -> None:
+    config_mod = pytest.importorskip("athena_pipeline.sandbox.emulator.config")
+    result = runner.invoke(main, ["sandbox", "serve", "--help"])
+    assert result.exit_code == 0
+    for option in SERVE_OPTIONS:
+        assert option in result.output
+    flat = " ".join(result.output.split())
+    c = config_mod.EmulatorConfig()
+    for shown in (
+        f"[default: {c.environment}]",
+        f"(expires_in). [default: {c.token_lifetime_seconds:g}]",
+        f"several files. [default: {c.resources_per_file}]",
+        f"answer 404. [default: {c.file_expiry_seconds:g}]",
+        f"this long. [default: {c.export_processing_delay_seconds:g}]",
+        "Retry-After: 1. [default: off]" if c.per_second_limit is None else f"[default: {c.per_second_limit}]",
+    ):
+        assert shown in flat, shown
+
+
+def test_serve_rejects_bad_client_options_naming_the_problem(runner: CliRunner, tmp_path: Path) -> None:
+    not_a_key = tmp_path / "not-a-key.json"
+    not_a_key.write_text("{}")
+    cases = [
+        (["--jwt-client", f"me={not_a_key}"], "not-a-key.json"),
+        (["--jwt-client", f"me={tmp_path / 'nowhere.pem'}"], "nowhere.pem"),
+        (["--jwt-client", "no-equals-sign"], "CLIENT_ID=PATH"),
+        (["--client-secret", "etl=one", "--client-secret", "etl=two"], "two different secrets"),
+        (["--environment", "staging"], "staging"),
+    ]
+    for args, shown in cases:
+        result = runner.invoke(main, ["sandbox", "serve", "--world", str(tmp_path), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert shown in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_serve_options_reach_the_running_emulator(tmp_path: Path) -> None:
+    """--open, --jwt-client, --client-secret, --environment and the token/export knobs, end to end."""
+    pytest.importorskip("athena_pipeline.sandbox.server", reason="the emulator's server.py is not written yet")
+    import uuid
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    build_fhir_world = pytest.importorskip("tests.sandbox.conftest").build_fhir_world
+    world = build_fhir_world(tmp_path / "world")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = tmp_path / "bulk-client.jwks"  # key pair in one file, as the SMART bulk-data-client keeps it
+    jwks.write_text(json.dumps({"keys": [{**jwt.algorithms.RSAAlgorithm.to_jwk(key, as_dict=True), "kid": "k1"}]}))
+    exe = Path(sys.executable).with_name("athena-pipeline")
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    args = [
+        "--open", "--jwt-client", f"bulk-client={jwks}", "--client-secret", "etl=etl-secret",
+        "--environment", "preview", "--token-lifetime", "120", "--expires-in-string",
+        "--resources-per-file", "7", "--export-delay", "0", "--file-expiry", "60", "--per-second-limit", "1000",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [str(exe), "--log-level", "warning", "sandbox", "serve", "--world", str(world), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        match = re.search(r"base=(http://127\.0\.0\.1:\d+) ", line)
+        assert match and "auth=open" in line, f"unexpected listening line: {line!r}"
+        base = match.group(1)
+        token_url = f"{base}/oauth2/v1/token"
+
+        assert httpx.get(f"{base}/fhir/r4/Patient", timeout=10).status_code == 200  # open: no token
+
+        r = httpx.post(token_url, data={"grant_type": "client_credentials"}, auth=("etl", "etl-secret"), timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["expires_in"] == "120"
+        assert r.headers["x-ratelimit-limit-minute"] == "5"  # preview's token limit
+
+        claims = {"iss": "bulk-client", "sub": "bulk-client", "aud": token_url, "exp": int(time.time()) + 120,
+                  "jti": str(uuid.uuid4())}  # fmt: skip
+        r = httpx.post(token_url, timeout=10, data={
+            "grant_type": "client_credentials", "scope": "system/*.read",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": jwt.encode(claims, key, algorithm="RS384", headers={"kid": "k1"}),
+        })  # fmt: skip
+        assert r.status_code == 200, r.text
+
+        kickoff = httpx.get(
+            f"{base}/fhir/r4/Group/a-1.c-195900/$export",
+            params={"_type": "Patient"},
+            headers={"Prefer": "respond-async", "Accept": "application/fhir+json"},
+            timeout=10,
+        )
+        assert kickoff.status_code == 202, kickoff.text
+        deadline = time.monotonic() + 20
+        while (poll := httpx.get(kickoff.headers["content-location"], timeout=10)).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        manifest = poll.json()
+        assert manifest["requiresAccessToken"] is False
+        counts = [o["count"] for o in manifest["output"]]
+        assert len(counts) > 1 and max(counts) == 7
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""

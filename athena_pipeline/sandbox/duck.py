@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-DEFAULT_MEMORY_LIMIT = "2GB"
+DEFAULT_MEMORY_LIMIT = "3GB"
 
 
 def connect_for_build(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
