@@ -22,6 +22,12 @@ def small_world(tmp_path_factory) -> World:
     return generate_world(tmp_path_factory.mktemp("small") / "world", SMALL)
 
 
+@pytest.fixture(scope="module")
+def small_world_again(tmp_path_factory) -> World:
+    """A second world from the same options, generated independently."""
+    return generate_world(tmp_path_factory.mktemp("again") / "world", SMALL)
+
+
 def _q(path, sql):
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -30,8 +36,8 @@ def _q(path, sql):
         con.close()
 
 
-def test_same_seed_same_world_different_seed_different(small_world, tmp_path):
-    again = generate_world(tmp_path / "again", SMALL)
+def test_same_seed_same_world_different_seed_different(small_world, small_world_again, tmp_path):
+    again = small_world_again
     a, b = world_fingerprints(small_world.root), world_fingerprints(again.root)
     assert a == b
     assert (small_world.root / "ground_truth.json").read_bytes() == (again.root / "ground_truth.json").read_bytes()
@@ -39,6 +45,37 @@ def test_same_seed_same_world_different_seed_different(small_world, tmp_path):
     c = world_fingerprints(other.root)
     assert c["facts.duckdb:main.patients"] != a["facts.duckdb:main.patients"]
     assert c["fhir.duckdb:main.resources"] != a["fhir.duckdb:main.resources"]
+
+
+def _bulk_export_bytes(world: World) -> list[tuple[str, bytes]]:
+    """Run a full Bulk Data export against the emulator and return (type, file bytes) in manifest order."""
+    import time
+
+    import httpx
+
+    from athena_pipeline.sandbox.emulator.config import EmulatorConfig
+    from athena_pipeline.sandbox.server import run_in_thread
+
+    with run_in_thread(world.root, config=EmulatorConfig(export_processing_delay_seconds=0)) as srv:
+        token = httpx.post(srv.token_url, auth=("sandbox-client", "sandbox-secret"),
+                           data={"grant_type": "client_credentials", "scope": "system/*.read"}).json()["access_token"]
+        h = {"Authorization": f"Bearer {token}"}
+        kick = httpx.get(f"{srv.fhir_base}/Group/a-1.c-{world.practice_id}/$export",
+                         headers={**h, "Prefer": "respond-async", "Accept": "application/fhir+json"})
+        assert kick.status_code == 202, kick.text
+        for _ in range(200):
+            status = httpx.get(kick.headers["Content-Location"], headers=h)
+            if status.status_code == 200:
+                break
+            time.sleep(0.1)
+        manifest = status.json()
+        return [(f["type"], httpx.get(f["url"], headers=h).content) for f in manifest["output"]]
+
+
+def test_same_seed_gives_byte_identical_bulk_exports(small_world, small_world_again):
+    a, b = _bulk_export_bytes(small_world), _bulk_export_bytes(small_world_again)
+    assert [t for t, _ in a] == [t for t, _ in b] and len(a) >= 15
+    assert all(x == y for (_, x), (_, y) in zip(a, b))
 
 
 def test_world_json_records_options_and_clock(small_world):
