@@ -312,7 +312,7 @@ def generate(
     metavar="CLIENT_ID=PATH",
     callback=_parse_jwt_clients,
     help="Register a SMART Backend Services (private_key_jwt) client whose public key(s) are in "
-    "PATH: a PEM public key or a JWKS JSON file ({\"keys\": [...]}). Repeatable.",
+    'PATH: a PEM public key or a JWKS JSON file ({"keys": [...]}). Repeatable.',
 )
 @click.option(
     "--client-secret",

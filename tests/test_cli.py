@@ -239,7 +239,9 @@ def test_serve_help_documents_every_emulator_option_with_its_real_default(runner
         f"several files. [default: {c.resources_per_file}]",
         f"answer 404. [default: {c.file_expiry_seconds:g}]",
         f"this long. [default: {c.export_processing_delay_seconds:g}]",
-        "Retry-After: 1. [default: off]" if c.per_second_limit is None else f"[default: {c.per_second_limit}]",
+        "Retry-After: 1. [default: off]"
+        if c.per_second_limit is None
+        else f"[default: {c.per_second_limit}]",
     ):
         assert shown in flat, shown
 
@@ -263,7 +265,10 @@ def test_serve_rejects_bad_client_options_naming_the_problem(runner: CliRunner, 
 
 def test_serve_options_reach_the_running_emulator(tmp_path: Path) -> None:
     """--open, --jwt-client, --client-secret, --environment and the token/export knobs, end to end."""
-    pytest.importorskip("athena_pipeline.sandbox.server", reason="the emulator's server.py is not written yet")
+    pytest.importorskip(
+        "athena_pipeline.sandbox.server", reason="the emulator's server.py is not written yet"
+    )
+    import time
     import uuid
 
     import jwt
@@ -273,7 +278,9 @@ def test_serve_options_reach_the_running_emulator(tmp_path: Path) -> None:
     world = build_fhir_world(tmp_path / "world")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwks = tmp_path / "bulk-client.jwks"  # key pair in one file, as the SMART bulk-data-client keeps it
-    jwks.write_text(json.dumps({"keys": [{**jwt.algorithms.RSAAlgorithm.to_jwk(key, as_dict=True), "kid": "k1"}]}))
+    jwks.write_text(
+        json.dumps({"keys": [{**jwt.algorithms.RSAAlgorithm.to_jwk(key, as_dict=True), "kid": "k1"}]})
+    )
     exe = Path(sys.executable).with_name("athena-pipeline")
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     args = [
@@ -297,7 +304,9 @@ def test_serve_options_reach_the_running_emulator(tmp_path: Path) -> None:
 
         assert httpx.get(f"{base}/fhir/r4/Patient", timeout=10).status_code == 200  # open: no token
 
-        r = httpx.post(token_url, data={"grant_type": "client_credentials"}, auth=("etl", "etl-secret"), timeout=10)
+        r = httpx.post(
+            token_url, data={"grant_type": "client_credentials"}, auth=("etl", "etl-secret"), timeout=10
+        )
         assert r.status_code == 200, r.text
         assert r.json()["expires_in"] == "120"
         assert r.headers["x-ratelimit-limit-minute"] == "5"  # preview's token limit

@@ -30,7 +30,6 @@ from athena_pipeline.sandbox.emulator.config import ClientConfig, EmulatorConfig
 from athena_pipeline.sandbox.emulator.faults import FaultInjector
 from athena_pipeline.sandbox.world import World
 
-
 log = logging.getLogger("athena_pipeline.sandbox.athena")
 
 

@@ -74,10 +74,6 @@ class EmulatorConfig:
     clients: tuple[ClientConfig, ...] = (
         ClientConfig(SANDBOX_CLIENT_ID, secret=SANDBOX_CLIENT_SECRET),
     )
-    #: False = open mode: no bearer token needed anywhere (tokens sent anyway are accepted
-    #: and only name the client), manifests say ``requiresAccessToken: false``. For
-    #: third-party Bulk Data clients run without auth, as open reference servers allow.
-    auth_required: bool = True
     token_lifetime_seconds: float = 3600
     #: Send ``expires_in`` as a JSON string, as athena's newer platform sometimes does.
     expires_in_as_string: bool = False
@@ -122,6 +118,12 @@ class EmulatorConfig:
     #: Wall clock (epoch seconds) for token expiry, rate-limit windows and file expiry.
     #: Tests inject a fake one to make minute windows deterministic.
     wall_clock: Callable[[], float] = time.time
+
+    # --- open mode (last, so positional construction of the fields above is unchanged) -----
+    #: False = open mode: no bearer token needed anywhere (tokens sent anyway are accepted
+    #: and only name the client), manifests say ``requiresAccessToken: false``. For
+    #: third-party Bulk Data clients run without auth, as open reference servers allow.
+    auth_required: bool = True
 
     @property
     def token_rate_limit(self) -> int:

@@ -39,7 +39,7 @@ from urllib.parse import urlencode
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
 from athena_pipeline.sandbox.emulator.config import V1_SCOPE
 from athena_pipeline.sandbox.emulator.dataview_store import DataViewUnavailable, JsonPage, table
@@ -349,7 +349,19 @@ class V1Api:
 
 
 async def gateway_not_found(request: Request) -> Response:
-    """What athena's API gateway says for a path no service is registered for (no JSON)."""
+    """What athena's API gateway says for a path no service is registered for (no JSON).
+
+    A known path called with the wrong method (``POST .../ping``) keeps Starlette's 405 with
+    ``Allow``, as before this catch-all existed: only unknown paths are the gateway's business.
+    """
+    for route in request.app.router.routes:
+        if getattr(route, "endpoint", None) is gateway_not_found:
+            continue
+        match, _ = route.matches(request.scope)
+        if match is Match.PARTIAL:
+            allow = ", ".join(sorted(getattr(route, "methods", None) or ()))
+            return Response("Method Not Allowed", status_code=405, headers={"Allow": allow},
+                            media_type="text/plain")
     return Response(GATEWAY_NOT_FOUND, status_code=404, media_type="text/plain")
 
 
