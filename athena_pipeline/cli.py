@@ -438,6 +438,27 @@ def advance(world_dir: Path, days: int) -> None:
     click.echo(f"advanced {days} day(s) in {elapsed:.1f} s")
 
 
+@sandbox.command()
+@click.option(
+    "--world",
+    "world_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SANDBOX_WORLD",
+    show_envvar=True,
+    default=settings_mod.SANDBOX_WORLD,
+    show_default=True,
+    help="World directory to fingerprint.",
+)
+@_clean_errors
+def fingerprint(world_dir: Path) -> None:
+    """SHA-256 of every table's sorted rows (and of ground_truth.json): same seed and options, same lines."""
+    _load_world(world_dir)
+    from athena_pipeline.sandbox.fingerprint import world_fingerprints
+
+    for name, digest in world_fingerprints(world_dir).items():
+        click.echo(f"{digest}  {name}")
+
+
 def _echo_summary(summary: dict[str, Any]) -> None:
     """``key: value`` lines; a dict of per-table dicts (e.g. row changes) as one line per table."""
     for key, value in summary.items():

@@ -45,7 +45,9 @@ def run(providers: int) -> dict:
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", CHILD, str(Path(tmp) / "world"), str(providers)],
-                             check=True, capture_output=True, text=True)
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"generating {providers} providers failed:\n{out.stderr[-4000:]}")
         wall = time.perf_counter() - t
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         result = json.loads(out.stdout.strip().splitlines()[-1])

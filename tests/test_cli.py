@@ -343,3 +343,24 @@ def test_serve_options_reach_the_running_emulator(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_sandbox_fingerprint_prints_a_stable_line_per_table(tmp_path):
+    """`sandbox fingerprint` prints one sha256 line per table; running it twice prints the same."""
+    from click.testing import CliRunner
+
+    from athena_pipeline.cli import main
+
+    runner = CliRunner()
+    world = tmp_path / "w"
+    gen = runner.invoke(main, ["sandbox", "generate", "--out", str(world), "--providers", "1", "--patients", "150",
+                               "--end", "2026-06-30"])
+    assert gen.exit_code == 0, gen.output
+    first = runner.invoke(main, ["sandbox", "fingerprint", "--world", str(world)])
+    second = runner.invoke(main, ["sandbox", "fingerprint", "--world", str(world)])
+    assert first.exit_code == 0, first.output
+    lines = first.output.strip().splitlines()
+    assert any(line.endswith("facts.duckdb:main.patients") for line in lines)
+    assert any(line.endswith("fhir.duckdb:main.resources") for line in lines)
+    assert all(len(line.split()[0]) == 64 for line in lines)
+    assert first.output == second.output
