@@ -63,8 +63,12 @@ def build_facts(path: Path, options: WorldOptions, clock: dt.datetime) -> dict[s
             write_timeline(con, build_timeline(ctx, ref))
             offset += size
             log.info("shard %d/%d: %d patients in %.1fs", shard + 1, len(sizes), size, time.perf_counter() - t0)
+        t0 = time.perf_counter()
         finish_timeline(con)
+        log.info("line-level ledger in %.1fs", time.perf_counter() - t0)
+        t0 = time.perf_counter()
         materialize(con, clock)
+        log.info("facts as of %s in %.1fs", clock, time.perf_counter() - t0)
         counts = {t: con.execute(f"SELECT count(*) FROM main.{t}").fetchone()[0]
                   for (t,) in con.execute(
                       "SELECT table_name FROM duckdb_tables() WHERE schema_name='main' ORDER BY 1").fetchall()}
@@ -80,8 +84,15 @@ def render_all(world: World) -> dict[str, dict[str, int]]:
     from athena_pipeline.sandbox.render_dataview import render_dataview
     from athena_pipeline.sandbox.render_fhir import render_fhir
 
-    out = {"dataview": render_dataview(world), "fhir": render_fhir(world)}
+    t0 = time.perf_counter()
+    out = {"dataview": render_dataview(world)}
+    log.info("Data View rendered in %.1fs", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    out["fhir"] = render_fhir(world)
+    log.info("FHIR rendered in %.1fs", time.perf_counter() - t0)
+    t0 = time.perf_counter()
     write_ground_truth(world)
+    log.info("ground truth in %.1fs", time.perf_counter() - t0)
     return out
 
 
