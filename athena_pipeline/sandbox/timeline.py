@@ -88,13 +88,20 @@ WITH lines AS (
 ), money AS (
     SELECT l.*, g.transaction_type, g.transaction_reason, g.transfer_type, g.pkg, g.amount AS claim_amount,
            g.post_date, g.remit_ref, g.ledger_seq,
-           round(g.amount * l.line_amount / l.claim_total, 2)::DECIMAL(12,2) AS share
+           -- cumulative rounding: a line's running total is always round(running claim total x weight),
+           -- so a settled claim leaves every line at exactly zero, not a cent off
+           sum(g.amount) OVER (PARTITION BY l.charge_id ORDER BY g.ledger_seq
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
     FROM timeline.ledger g JOIN lines l USING (claim_id)
     WHERE g.transaction_type <> 'CHARGE'
+), shared AS (
+    SELECT *, (round(running * line_amount / claim_total, 2)
+               - round((running - claim_amount) * line_amount / claim_total, 2))::DECIMAL(12,2) AS share
+    FROM money
 ), fixed AS (
     SELECT *, CASE WHEN rk = 1 THEN claim_amount - (sum(share) OVER (PARTITION BY ledger_seq) - share)
                    ELSE share END AS amount
-    FROM money
+    FROM shared
 ), charges AS (
     SELECT cl.charge_id AS transaction_id, cl.claim_id, cl.charge_id, 'CHARGE' AS transaction_type,
            NULL::VARCHAR AS transaction_reason, g.transfer_type, g.pkg, cl.amount, g.post_date,

@@ -105,6 +105,11 @@ def test_facts_referential_integrity(small_world):
         + c.patient_outstanding) AS o, sum(t.amount) AS s FROM claims c JOIN transactions t USING (claim_id)
         GROUP BY 1) WHERE o <> s""")[0]
     assert bad == 0
+    # money is spread over charge lines without cent drift: only claims with a credit balance
+    # have a line below zero
+    assert _q(f, """SELECT count(*) FROM (SELECT charge_id, any_value(claim_id) AS claim_id, sum(amount) AS s
+                    FROM transactions GROUP BY 1) x JOIN claims c USING (claim_id)
+                    WHERE x.s < 0 AND c.patient_outstanding >= 0""")[0][0] == 0
     # nothing dated after the world clock is visible
     assert _q(f, "SELECT count(*) FROM transactions WHERE post_date > DATE '2026-11-23'")[0][0] == 0
     assert _q(f, "SELECT count(*) FROM encounters WHERE created_at > TIMESTAMP '2026-11-23 23:59:59'")[0][0] == 0
