@@ -114,7 +114,7 @@ FACT_TABLES: dict[str, str] = {
     encounter_date DATE NOT NULL,
     start_at TIMESTAMP NOT NULL,
     end_at TIMESTAMP NOT NULL,
-    encounter_type VARCHAR NOT NULL,        -- 'VISIT' | 'PREVENTIVE' | 'TELEHEALTH'
+    encounter_type VARCHAR NOT NULL,        -- 'VISIT' | 'PREVENTIVE' | 'TELEHEALTH' | 'PROCEDURE'
     visit_cpt VARCHAR NOT NULL,             -- E/M or preventive CPT billed for the visit (99213, 99396, ...)
     status VARCHAR NOT NULL,                -- 'CLOSED' | 'OPEN'
     closed_at TIMESTAMP,
@@ -270,7 +270,7 @@ FACT_TABLES: dict[str, str] = {
     claim_id BIGINT NOT NULL,
     group_code VARCHAR NOT NULL,            -- 'CO' | 'PR' | 'OA' | 'PI' | 'CR'
     carc VARCHAR NOT NULL,                  -- claim adjustment reason code, e.g. '45', '197'
-    amount DECIMAL(12,2) NOT NULL,          -- positive adjustment amount
+    amount DECIMAL(12,2) NOT NULL,          -- adjustment amount; negative only for CR reversals
     kick_code VARCHAR,                      -- athenaOne kick code (denials only)
     {AUDIT_COLUMNS}""",
     # Claim workflow notes: status changes with the kick reason applied (athenaOne CLAIMNOTE).

@@ -217,6 +217,9 @@ def simulate_claims(ctx: Ctx, enc: pl.DataFrame, lines: pl.DataFrame, insurance:
     adj = Events("remit_key", "ci", "group_code", "carc", "amount", "kick_code")
     adj.add(denied, remit_key=ci * 3, ci=ci, group_code=group, carc=carc, amount=C, kick_code=kick)
     adj.add(upheld, remit_key=ci * 3 + 1, ci=ci, group_code=group, carc=carc, amount=C, kick_code=kick)
+    # An overturned appeal is reprocessed: the payer's second 835 reverses the original denial
+    # adjustment with group code CR (correction/reversal, CLP02 = 22) before paying.
+    adj.add(overturned, remit_key=ci * 3 + 1, ci=ci, group_code="CR", carc=carc, amount=-C, kick_code=None)
     first_paid_key = np.where(overturned, ci * 3 + 1, ci * 3)
     adj.add(paid_path & (contractual > 0), remit_key=first_paid_key, ci=ci, group_code="CO",
             carc=codes.CARC_CONTRACTUAL, amount=contractual, kick_code=None)
