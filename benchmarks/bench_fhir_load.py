@@ -6,7 +6,8 @@ from a sandbox world's ``fhir.duckdb`` with DuckDB ``COPY`` (generating the worl
 
 * ``count``  — ``SELECT count(*) FROM read_ndjson_objects(<all files>)``: the floor, reading only;
 * ``copy``   — ``CREATE TABLE ... AS SELECT json FROM read_ndjson_objects(...)`` into a new DuckDB
-  file: the floor for reading *and persisting* the same bytes, with no keys, checks or upsert;
+  file (zstd, as the loader writes): the floor for reading *and persisting* the same bytes, with no
+  keys, checks or upsert;
 * ``load``   — :func:`load_fhir_export` into an empty warehouse (first load);
 * ``reload`` — the same export again (every line ``unchanged``).
 
@@ -40,6 +41,7 @@ if step == "count":
     out["rows"] = duckdb.connect().execute("SELECT count(*) FROM read_ndjson_objects(?)", [files]).fetchone()[0]
 elif step == "copy":
     con = duckdb.connect(db)
+    con.execute("SET force_compression = 'zstd'")  # the same storage choice the loader makes
     con.execute("CREATE TABLE t AS SELECT json FROM read_ndjson_objects(?)", [files])
     con.execute("CHECKPOINT")
     out["rows"] = con.execute("SELECT count(*) FROM t").fetchone()[0]

@@ -393,6 +393,9 @@ def _load(con: duckdb.DuckDBPyConnection, root: Path, spec: ExportSpec, *,
     total_bytes = sum((root / f.path).stat().st_size for f in spec.files)
 
     optimizers = _disabled_optimizers(con)
+    # Resource JSON compresses well with zstd and writes ~1.5x faster than DuckDB's default string
+    # analysis (dictionary/FSST), which otherwise dominates the commit. Reset after the load.
+    con.execute("SET force_compression = 'zstd'")
     con.execute("BEGIN TRANSACTION")
     try:
         ensure_tables(con)
@@ -433,9 +436,11 @@ def _load(con: duckdb.DuckDBPyConnection, root: Path, spec: ExportSpec, *,
         for tmp in ("_fhir_lines", "_fhir_bundles", "_fhir_del", "_fhir_dec"):
             con.execute(f"DROP TABLE IF EXISTS temp.{tmp}")
         con.execute("COMMIT")
+        con.execute("RESET force_compression")
     except BaseException as exc:
         try:
             con.execute("ROLLBACK")
+            con.execute("RESET force_compression")
         except duckdb.Error:  # the connection is gone or the transaction already ended: nothing to undo
             pass
         _restore_optimizers(con, optimizers)
