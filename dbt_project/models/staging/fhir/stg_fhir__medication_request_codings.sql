@@ -1,0 +1,35 @@
+-- stg_fhir__medication_request_codings: one row per coding of the medication of a MedicationRequest, inline (medicationCodeableConcept) or from a contained Medication.
+-- Value-set matching (seed value_sets) joins here, so a code counts whichever coding carries it.
+{{ config(materialized='table') }}
+{% set fields = [
+    ('patient_reference', '$.subject.reference', 'text'),
+    ('medication_concept', '$.medicationCodeableConcept', 'json'),
+    ('medication_reference', '$.medicationReference.reference', 'text'),
+    ('contained', '$.contained', 'list'),
+] %}
+{% set elements = [
+    ('medication', "json_extract(coalesce(r.medication_concept, list_filter(r.contained, lambda m: '#' || (m ->> 'id') = r.medication_reference)[1] -> 'code'), '$.coding[*]')"),
+] %}
+
+with source as (
+    select * from {{ fhir_source('medicationrequest') }}
+),
+
+parsed as (
+    select id, {{ fhir_parse(fields) }} as _f
+    from source
+),
+
+extracted as (
+    select
+        id as medication_request_id,
+        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
+        {{ fhir_fields(fields) }}
+    from parsed
+),
+
+codings as (
+    {{ fhir_codings('extracted', 'medication_request_id', elements) }}
+)
+
+select * from codings

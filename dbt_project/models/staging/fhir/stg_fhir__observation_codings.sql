@@ -1,0 +1,35 @@
+-- stg_fhir__observation_codings: one row per coding of Observation.code and of its coded answer (valueCodeableConcept, e.g. a SNOMED CT smoking status).
+-- Value-set matching (seed value_sets) joins here, so a code counts whichever coding carries it.
+{{ config(materialized='table') }}
+{% set fields = [
+    ('patient_reference', '$.subject.reference', 'text'),
+    ('code', '$.code', 'json'),
+    ('value_concept', '$.valueCodeableConcept', 'json'),
+] %}
+{% set elements = [
+    ('code', "json_extract(r.code, '$.coding[*]')"),
+    ('value', "json_extract(r.value_concept, '$.coding[*]')"),
+] %}
+
+with source as (
+    select * from {{ fhir_source('observation') }}
+),
+
+parsed as (
+    select id, {{ fhir_parse(fields) }} as _f
+    from source
+),
+
+extracted as (
+    select
+        id as observation_id,
+        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
+        {{ fhir_fields(fields) }}
+    from parsed
+),
+
+codings as (
+    {{ fhir_codings('extracted', 'observation_id', elements) }}
+)
+
+select * from codings
