@@ -29,8 +29,8 @@ CONDITIONS: dict[str, tuple[str, str | None, str]] = {
     "metastatic_cancer": ("C78.00", "94391008", "Secondary malignant neoplasm of unspecified lung"),
     "colorectal_cancer": ("C18.9", "363406005", "Malignant neoplasm of colon, unspecified"),
     "pregnancy": ("Z34.90", "77386006", "Encounter for supervision of normal pregnancy, unspecified"),
-    "absent_breast_right": ("Z90.11", "429009003", "Acquired absence of right breast and nipple"),
-    "absent_breast_left": ("Z90.12", "429242008", "Acquired absence of left breast and nipple"),
+    "absent_breast_right": ("Z90.11", "429242008", "Acquired absence of right breast and nipple"),
+    "absent_breast_left": ("Z90.12", "429009003", "Acquired absence of left breast and nipple"),
     "absent_breast_bilateral": ("Z90.13", "136071000119101", "Acquired absence of bilateral breasts and nipples"),
     "absent_cervix": ("Z90.710", "428078001", "Acquired absence of both cervix and uterus"),
     # acute / visit reasons used as encounter diagnoses
@@ -175,6 +175,7 @@ CARC_CONTRACTUAL = "45"   # CO-45 charge exceeds fee schedule
 CARC_DEDUCTIBLE = "1"     # PR-1
 CARC_COINSURANCE = "2"    # PR-2
 CARC_COPAY = "3"          # PR-3
+CARC_PRIOR_PAYER = "23"   # OA-23 impact of prior payer adjudication (secondary)
 
 # Kick reasons as athenaOne lists them (reference table KICKREASON): denial kicks + workflow kicks.
 WORKFLOW_KICKS: list[tuple[str, str, str, str]] = [  # (kick_code, name, category, next status)

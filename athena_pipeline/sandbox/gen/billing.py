@@ -229,7 +229,8 @@ def simulate_claims(ctx: Ctx, enc: pl.DataFrame, lines: pl.DataFrame, insurance:
             amount=pr_ded, kick_code=None)
     adj.add(paid_path & (pr_coins > 0), remit_key=first_paid_key, ci=ci, group_code="PR",
             carc=codes.CARC_COINSURANCE, amount=pr_coins, kick_code=None)
-    adj.add(sec_left, remit_key=ci * 3 + 2, ci=ci, group_code="OA", carc="23", amount=PR, kick_code=None)
+    adj.add(sec_left, remit_key=ci * 3 + 2, ci=ci, group_code="OA", carc=codes.CARC_PRIOR_PAYER, amount=PR,
+            kick_code=None)
 
     # ---- workflow events (CLAIMNOTE) with the claim status after each -------------------------
     ev = Events("ci", "event_type", "event_date", "payer_role", "kick_code", "claim_status", "note")
