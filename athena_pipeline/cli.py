@@ -474,5 +474,145 @@ def _echo_summary(summary: dict[str, Any]) -> None:
             click.echo(f"  {key}: {value}")
 
 
+# --- extract: athenahealth into the warehouse -------------------------------------------------------
+
+
+def _extract_errors(func: F) -> F:
+    """Any failure of an extract command is one ``Error: ...`` line and exit code 1.
+
+    The clients' and loaders' messages carry path templates, counts and file names only (no ids,
+    no PHI, no secrets), so they are safe to show; the traceback is logged at DEBUG.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as exc:  # every failure becomes one clean line
+            logging.getLogger(__name__).debug("%s failed", func.__name__, exc_info=True)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if not isinstance(exc, (ValueError, FileNotFoundError, LookupError)):
+                text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            raise click.ClickException(text or type(exc).__name__) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_http_logs() -> None:
+    """httpx logs every request URL at INFO; bulk file URLs may embed signed tokens."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    """``("A,B", "C")`` -> ``["A", "B", "C"]``: repeatable options that also take comma lists."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@main.group()
+def extract() -> None:
+    """Copy athenahealth data into the warehouse (FHIR bulk export, Data View tables).
+
+    Reads the same environment variables as Dagster (ATHENA_*, DATAVIEW_*, WAREHOUSE_PATH,
+    LANDING_DIR, ...; see `athena-pipeline settings`).
+    """
+    _quiet_http_logs()
+
+
+@extract.command("fhir")
+@click.option("--types", "types", multiple=True, metavar="TYPE[,TYPE...]",
+              help="Resource types to export (repeatable or comma-separated).  [default: all]")
+@click.option("--since", default=None, metavar="INSTANT",
+              help="_since instant, e.g. 2026-01-01T00:00:00Z.  [default: the watermark of the last load]")
+@click.option("--full", is_flag=True, help="Export everything, ignoring the watermark.")
+@_extract_errors
+def extract_fhir_command(types: tuple[str, ...], since: str | None, full: bool) -> None:
+    """FHIR Bulk Data export into LANDING_DIR, then load into raw_fhir.
+
+    Incremental by default: _since is the transactionTime of the last loaded export. A run killed
+    mid-download resumes the same export; landed exports not loaded yet are loaded first-come.
+    """
+    if full and since:
+        raise click.UsageError("give either --since or --full, not both")
+    from athena_pipeline.extract import extract_fhir
+
+    settings = settings_mod.Settings.from_env()
+    result = extract_fhir(settings, types=_split(types) or None, since=since, full=full)
+    e = result.export
+    how = "reused (landed earlier, not loaded)" if e.resumed and not e.calls else (
+        "resumed" if e.resumed else "new")
+    kind = f"incremental since {e.since}" if e.since else "full"
+    click.echo(f"export {e.export_id}: {kind}, {how}; "
+               f"{sum(e.counts.values()):,} resources, {e.deleted_count:,} deleted, {e.files} files, "
+               f"{_human_bytes(e.bytes)} in {e.duration_seconds:.1f} s, {e.calls} API calls; "
+               f"transaction time {e.transaction_time}")
+    for export_dir, load in result.loads:
+        click.echo(f"loaded {load.export_id}: {load.lines_read:,} lines, {load.files} files, "
+                   f"{_human_bytes(load.bytes)} in {load.duration_s:.2f} s ({load.rows_per_second:,.0f} rows/s)")
+        click.echo(f"  {'type':<22}{'read':>9}{'inserted':>10}{'updated':>9}{'deleted':>9}{'quarantined':>13}")
+        for name, t in sorted(load.types.items()):
+            click.echo(f"  {name:<22}{t.read:>9,}{t.inserted:>10,}{t.updated:>9,}{t.deleted:>9,}{t.quarantined:>13,}")
+        for m in load.count_mismatches:
+            click.echo(f"  COUNT MISMATCH {m.file}: manifest {m.expected}, read {m.read}")
+        if load.watermark is not None:
+            click.echo(f"  watermark fhir/{load.watermark_key}: "
+                       f"{load.watermark.isoformat().replace('+00:00', 'Z')}")
+    if not result.loads:
+        click.echo("nothing new to load")
+    fatal = {k: v for k, v in result.error_issues.items() if k in ("fatal", "error")}
+    if fatal:
+        raise click.ClickException(
+            f"the server reported {sum(fatal.values())} fatal/error issue(s) in the export's error files "
+            "(see error/ in its landing folder, and audit.export_errors); the resources it did export are "
+            "loaded, the others are missing: export the affected types again with --full --types ...")
+
+
+@extract.command("dataview")
+@click.option("--tables", "tables", multiple=True, metavar="TABLE[,TABLE...]",
+              help="Data View tables to copy (repeatable or comma-separated).  [default: every catalogued table]")
+@click.option("--start", type=_DATE, default=None,
+              help="First day of LASTUPDATED to copy (midnight in PIPELINE_TIMEZONE).  "
+                   "[default: each table's watermark]")
+@click.option("--end", type=_DATE, default=None,
+              help="Day to stop at, exclusive: the window is [START, END).  [default: no end]")
+@click.option("--full-refresh", is_flag=True, help="Copy every row, whatever the watermark.")
+@_extract_errors
+def extract_dataview_command(tables: tuple[str, ...], start: dt.datetime | None, end: dt.datetime | None,
+                             full_refresh: bool) -> None:
+    """Copy Data View tables (Arrow batches) into raw_dataview, one transaction per table.
+
+    Incremental by default: each table continues from its LASTUPDATED watermark.
+    """
+    if full_refresh and (start or end):
+        raise click.UsageError("give either --start/--end or --full-refresh, not both")
+    from athena_pipeline.extract import extract_dataview
+
+    settings = settings_mod.Settings.from_env()
+    t0 = time.perf_counter()
+    results = extract_dataview(settings, tables=_split(tables) or None,
+                               start=start.date() if start else None, end=end.date() if end else None,
+                               full_refresh=full_refresh)
+    click.echo(f"  {'table':<28}{'fetched':>9}{'inserted':>10}{'updated':>9}{'deleted':>9}{'rows/s':>10}  watermark")
+    for r in results.values():
+        wm = r.watermark.isoformat().replace("+00:00", "Z") if r.watermark else "-"
+        click.echo(f"  {r.raw_table:<28}{r.received:>9,}{r.inserted:>10,}{r.updated:>9,}{r.soft_deleted:>9,}"
+                   f"{r.rows_per_second:>10,.0f}  {wm}")
+    total = sum(r.received for r in results.values())
+    elapsed = time.perf_counter() - t0
+    click.echo(f"copied {len(results)} table(s), {total:,} rows fetched in {elapsed:.1f} s "
+               f"({total / elapsed if elapsed > 0 else 0:,.0f} rows/s)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

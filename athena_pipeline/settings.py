@@ -24,6 +24,9 @@ athenahealth
     ATHENA_GROUP_ID             FHIR Group for the practice-wide bulk export [a-1.c-{practice_id}]
     ATHENA_SCOPES               space-separated OAuth scopes [system/*.read]
     ATHENA_REQUESTS_PER_SECOND  client-side throttle for API calls [5]
+    ATHENA_BULK_CONCURRENCY     parallel bulk export file downloads [4]
+    ATHENA_BULK_POLL_SECONDS    bulk status poll interval when the server sends no Retry-After [60]
+    ATHENA_JWT_ALGORITHM        signing algorithm for private_key_jwt [from the key: RS384 / ES384]
 Data View (athenaOne tables)
     DATAVIEW_KIND               duckdb (the sandbox file) | snowflake (the real share) [duckdb]
     DATAVIEW_DUCKDB_PATH        Data View DuckDB file for kind duckdb [{SANDBOX_WORLD}/dataview.duckdb]
@@ -31,10 +34,16 @@ Data View (athenaOne tables)
     DATAVIEW_SCHEMA             schema of the share [ATHENAONE]
     SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER, SNOWFLAKE_PASSWORD, SNOWFLAKE_ROLE, SNOWFLAKE_WAREHOUSE
                                 Snowflake connection, for kind snowflake [unset]
+    DATAVIEW_CONTEXT_IDS        comma-separated CONTEXTIDs to copy from a shared share [ATHENA_PRACTICE_ID]
+    DATAVIEW_PARTITION_START    first day of the daily Data View partitions [2023-11-01]
+    DATAVIEW_SOFT_DELETE_MAX_RATIO  soft-deleted share of a raw table above which a check warns [0.2]
+Scheduling
+    PIPELINE_TIMEZONE           the practice's time zone: partition days and schedules [America/New_York]
 Local storage
     WAREHOUSE_PATH              the DuckDB warehouse; keep this file NAME the same everywhere,
                                 dbt's database name is its stem [data/warehouse.duckdb]
     LANDING_DIR                 where bulk export NDJSON files land [data/landing]
+    WAREHOUSE_MEMORY_LIMIT      DuckDB memory limit for loads, e.g. 2GB [unset: DuckDB's default]
 Sandbox
     SANDBOX_WORLD               the sandbox world directory [.sandbox/world]
     SANDBOX_PORT                port of the sandbox emulator [8765]
@@ -50,13 +59,16 @@ Caspio (publishing)
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # Every variable :meth:`Settings.from_env` reads, in documentation order (README, .env.example).
 ENV_VARS: tuple[str, ...] = (
@@ -71,6 +83,9 @@ ENV_VARS: tuple[str, ...] = (
     "ATHENA_GROUP_ID",
     "ATHENA_SCOPES",
     "ATHENA_REQUESTS_PER_SECOND",
+    "ATHENA_BULK_CONCURRENCY",
+    "ATHENA_BULK_POLL_SECONDS",
+    "ATHENA_JWT_ALGORITHM",
     "DATAVIEW_KIND",
     "DATAVIEW_DUCKDB_PATH",
     "DATAVIEW_DATABASE",
@@ -80,8 +95,13 @@ ENV_VARS: tuple[str, ...] = (
     "SNOWFLAKE_PASSWORD",
     "SNOWFLAKE_ROLE",
     "SNOWFLAKE_WAREHOUSE",
+    "DATAVIEW_CONTEXT_IDS",
+    "DATAVIEW_PARTITION_START",
+    "DATAVIEW_SOFT_DELETE_MAX_RATIO",
+    "PIPELINE_TIMEZONE",
     "WAREHOUSE_PATH",
     "LANDING_DIR",
+    "WAREHOUSE_MEMORY_LIMIT",
     "SANDBOX_WORLD",
     "SANDBOX_PORT",
     "CASPIO_BASE_URL",
@@ -94,6 +114,9 @@ ENV_VARS: tuple[str, ...] = (
 
 ATHENA_AUTH_MODES = ("none", "client_secret", "private_key_jwt")
 DATAVIEW_KINDS = ("duckdb", "snowflake")
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+DATAVIEW_PARTITION_START = dt.date(2023, 11, 1)
+PIPELINE_TIMEZONE = "America/New_York"
 
 SANDBOX_HOST = "127.0.0.1"
 SANDBOX_PORT = 8765
@@ -102,6 +125,7 @@ SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_CLIENT_SECRET = "sandbox-secret"
 SANDBOX_PRACTICE_ID = 195900
 
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
@@ -127,6 +151,9 @@ class Settings:
     athena_group_id: str = f"a-1.c-{SANDBOX_PRACTICE_ID}"
     athena_scopes: str = "system/*.read"
     athena_requests_per_second: float = 5.0
+    athena_bulk_concurrency: int = 4
+    athena_bulk_poll_seconds: float = 60.0
+    athena_jwt_algorithm: str | None = None
     # Data View
     dataview_kind: str = "duckdb"
     dataview_duckdb_path: Path = Path(SANDBOX_WORLD) / "dataview.duckdb"
@@ -137,9 +164,16 @@ class Settings:
     snowflake_password: str | None = _secret()
     snowflake_role: str | None = None
     snowflake_warehouse: str | None = None
+    #: CONTEXTIDs to copy; None = just ``athena_practice_id`` (see :attr:`context_ids`).
+    dataview_context_ids: tuple[int, ...] | None = None
+    dataview_partition_start: dt.date = DATAVIEW_PARTITION_START
+    dataview_soft_delete_max_ratio: float = 0.2
+    # scheduling
+    pipeline_timezone: str = PIPELINE_TIMEZONE
     # local storage
     warehouse_path: Path = Path("data/warehouse.duckdb")
     landing_dir: Path = Path("data/landing")
+    warehouse_memory_limit: str | None = None
     # sandbox
     sandbox_world: Path = Path(SANDBOX_WORLD)
     sandbox_port: int = SANDBOX_PORT
@@ -164,6 +198,22 @@ class Settings:
             )
         if self.athena_requests_per_second <= 0:
             raise ValueError("ATHENA_REQUESTS_PER_SECOND must be > 0")
+        if self.athena_bulk_concurrency < 1:
+            raise ValueError("ATHENA_BULK_CONCURRENCY must be >= 1")
+        if not 0 < self.athena_bulk_poll_seconds <= 3600:
+            raise ValueError("ATHENA_BULK_POLL_SECONDS must be within (0, 3600]")
+        if self.athena_jwt_algorithm is not None and self.athena_jwt_algorithm not in JWT_ALGORITHMS:
+            raise ValueError(f"ATHENA_JWT_ALGORITHM must be one of {', '.join(JWT_ALGORITHMS)}")
+        if self.dataview_context_ids is not None and not self.dataview_context_ids:
+            raise ValueError("DATAVIEW_CONTEXT_IDS must list at least one CONTEXTID")
+        if not 0 <= self.dataview_soft_delete_max_ratio <= 1:
+            raise ValueError("DATAVIEW_SOFT_DELETE_MAX_RATIO must be within 0..1")
+        try:
+            ZoneInfo(self.pipeline_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("PIPELINE_TIMEZONE must be an IANA time zone such as America/New_York") from None
+        if self.warehouse_memory_limit is not None and not _MEMORY.match(self.warehouse_memory_limit):
+            raise ValueError("WAREHOUSE_MEMORY_LIMIT must look like 512MB or 2GB")
         if not 0 <= self.sandbox_port <= 65535:
             raise ValueError(f"SANDBOX_PORT must be a TCP port (0-65535), got {self.sandbox_port}")
         if self.caspio_call_budget < 0:
@@ -200,6 +250,24 @@ class Settings:
                 return False
             raise ValueError(f"{name} must be true or false")
 
+        def day(name: str) -> dt.date | None:
+            raw = get(name)
+            if raw is None:
+                return None
+            try:
+                return dt.date.fromisoformat(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a date (YYYY-MM-DD)") from None
+
+        def ints(name: str) -> tuple[int, ...] | None:
+            raw = get(name)
+            if raw is None:
+                return None
+            try:
+                return tuple(dict.fromkeys(int(part) for part in raw.split(",") if part.strip()))
+            except ValueError:
+                raise ValueError(f"{name} must be a comma-separated list of integers") from None
+
         practice_id = num("ATHENA_PRACTICE_ID", int) or SANDBOX_PRACTICE_ID
         sandbox_world = Path(get("SANDBOX_WORLD") or SANDBOX_WORLD)
         sandbox_port = num("SANDBOX_PORT", int)
@@ -218,6 +286,9 @@ class Settings:
             "athena_group_id": get("ATHENA_GROUP_ID") or f"a-1.c-{practice_id}",
             "athena_scopes": get("ATHENA_SCOPES"),
             "athena_requests_per_second": num("ATHENA_REQUESTS_PER_SECOND", float),
+            "athena_bulk_concurrency": num("ATHENA_BULK_CONCURRENCY", int),
+            "athena_bulk_poll_seconds": num("ATHENA_BULK_POLL_SECONDS", float),
+            "athena_jwt_algorithm": (get("ATHENA_JWT_ALGORITHM") or "").upper() or None,
             "dataview_kind": (get("DATAVIEW_KIND") or "duckdb").lower(),
             "dataview_duckdb_path": Path(get("DATAVIEW_DUCKDB_PATH") or sandbox_world / "dataview.duckdb"),
             "dataview_database": get("DATAVIEW_DATABASE"),
@@ -227,8 +298,13 @@ class Settings:
             "snowflake_password": get("SNOWFLAKE_PASSWORD"),
             "snowflake_role": get("SNOWFLAKE_ROLE"),
             "snowflake_warehouse": get("SNOWFLAKE_WAREHOUSE"),
+            "dataview_context_ids": ints("DATAVIEW_CONTEXT_IDS"),
+            "dataview_partition_start": day("DATAVIEW_PARTITION_START"),
+            "dataview_soft_delete_max_ratio": num("DATAVIEW_SOFT_DELETE_MAX_RATIO", float),
+            "pipeline_timezone": get("PIPELINE_TIMEZONE"),
             "warehouse_path": _path_or_none(get("WAREHOUSE_PATH")),
             "landing_dir": _path_or_none(get("LANDING_DIR")),
+            "warehouse_memory_limit": get("WAREHOUSE_MEMORY_LIMIT"),
             "sandbox_world": sandbox_world,
             "sandbox_port": sandbox_port,
             "caspio_base_url": get("CASPIO_BASE_URL") or f"{sandbox_base}/caspio",
@@ -241,6 +317,11 @@ class Settings:
         return cls(**{k: v for k, v in values.items() if v is not None})
 
     # --- views ----------------------------------------------------------------------------
+    @property
+    def context_ids(self) -> tuple[int, ...]:
+        """The Data View CONTEXTIDs to copy: ``DATAVIEW_CONTEXT_IDS``, else the practice id."""
+        return self.dataview_context_ids or (self.athena_practice_id,)
+
     @property
     def is_sandbox(self) -> bool:
         """True when the athenahealth endpoints are on loopback, i.e. the sandbox emulator."""
@@ -258,6 +339,10 @@ class Settings:
                 value = "***" if value else None
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, dt.date):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
             out[f.name] = value
         return out
 

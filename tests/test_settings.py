@@ -24,14 +24,22 @@ REAL_ENV = {
     "ATHENA_PRACTICE_ID": "80000",
     "ATHENA_SCOPES": "system/Patient.read system/Encounter.read",
     "ATHENA_REQUESTS_PER_SECOND": "100",
+    "ATHENA_BULK_CONCURRENCY": "8",
+    "ATHENA_BULK_POLL_SECONDS": "30",
+    "ATHENA_JWT_ALGORITHM": "es384",
     "DATAVIEW_KIND": "snowflake",
     "SNOWFLAKE_ACCOUNT": "xy12345",
     "SNOWFLAKE_USER": "PIPELINE",
     "SNOWFLAKE_PASSWORD": "snowflake-very-secret-value",
     "SNOWFLAKE_ROLE": "DATAVIEW_READER",
     "SNOWFLAKE_WAREHOUSE": "COMPUTE_WH",
+    "DATAVIEW_CONTEXT_IDS": "80000, 80001",
+    "DATAVIEW_PARTITION_START": "2024-01-01",
+    "DATAVIEW_SOFT_DELETE_MAX_RATIO": "0.05",
+    "PIPELINE_TIMEZONE": "America/Chicago",
     "WAREHOUSE_PATH": "/srv/athena/warehouse.duckdb",
     "LANDING_DIR": "/srv/athena/landing",
+    "WAREHOUSE_MEMORY_LIMIT": "4GB",
     "SANDBOX_WORLD": "/tmp/world",
     "CASPIO_BASE_URL": "https://c1abc123.caspio.com",
     "CASPIO_CLIENT_SECRET": "caspio-very-secret-value",
@@ -63,6 +71,11 @@ def test_defaults_point_at_the_sandbox() -> None:
     assert s.caspio_base_url.startswith("http://127.0.0.1:8765/")
     assert s.caspio_publish_patient_level is False
     assert s.snowflake_password is None
+    assert (s.athena_bulk_concurrency, s.athena_bulk_poll_seconds, s.athena_jwt_algorithm) == (4, 60.0, None)
+    assert s.context_ids == (195900,)  # the practice itself
+    assert s.dataview_partition_start.isoformat() == "2023-11-01"
+    assert (s.pipeline_timezone, s.dataview_soft_delete_max_ratio) == ("America/New_York", 0.2)
+    assert s.warehouse_memory_limit is None
 
 
 def test_environment_overrides_every_default() -> None:
@@ -82,6 +95,11 @@ def test_environment_overrides_every_default() -> None:
     assert s.caspio_base_url == "https://c1abc123.caspio.com"
     assert s.caspio_call_budget == 1200
     assert s.caspio_publish_patient_level is True
+    assert (s.athena_bulk_concurrency, s.athena_bulk_poll_seconds, s.athena_jwt_algorithm) == (8, 30.0, "ES384")
+    assert s.context_ids == (80000, 80001)
+    assert s.dataview_partition_start.isoformat() == "2024-01-01"
+    assert (s.pipeline_timezone, s.dataview_soft_delete_max_ratio) == ("America/Chicago", 0.05)
+    assert s.warehouse_memory_limit == "4GB"
 
 
 def test_sandbox_urls_follow_the_sandbox_port_and_explicit_values_win() -> None:
@@ -110,6 +128,15 @@ def test_empty_variables_count_as_unset() -> None:
         ({"SANDBOX_PORT": "70000"}, "SANDBOX_PORT"),
         ({"CASPIO_PUBLISH_PATIENT_LEVEL": "maybe"}, "CASPIO_PUBLISH_PATIENT_LEVEL"),
         ({"CASPIO_CALL_BUDGET": "-1"}, "CASPIO_CALL_BUDGET"),
+        ({"ATHENA_BULK_CONCURRENCY": "0"}, "ATHENA_BULK_CONCURRENCY"),
+        ({"ATHENA_BULK_POLL_SECONDS": "-1"}, "ATHENA_BULK_POLL_SECONDS"),
+        ({"ATHENA_JWT_ALGORITHM": "HS256"}, "ATHENA_JWT_ALGORITHM"),
+        ({"DATAVIEW_CONTEXT_IDS": "195900,abc"}, "DATAVIEW_CONTEXT_IDS"),
+        ({"DATAVIEW_CONTEXT_IDS": ","}, "DATAVIEW_CONTEXT_IDS"),
+        ({"DATAVIEW_PARTITION_START": "11/01/2023"}, "DATAVIEW_PARTITION_START"),
+        ({"DATAVIEW_SOFT_DELETE_MAX_RATIO": "1.5"}, "DATAVIEW_SOFT_DELETE_MAX_RATIO"),
+        ({"PIPELINE_TIMEZONE": "Mars/Olympus_Mons"}, "PIPELINE_TIMEZONE"),
+        ({"WAREHOUSE_MEMORY_LIMIT": "lots"}, "WAREHOUSE_MEMORY_LIMIT"),
     ],
 )
 def test_malformed_values_name_the_variable(env: dict[str, str], message: str) -> None:

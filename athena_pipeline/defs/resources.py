@@ -32,6 +32,10 @@ class AthenaResource(dg.ConfigurableResource):
     group_id: str
     scopes: str
     requests_per_second: float
+    #: Bulk export: where the NDJSON files land, parallel downloads, private_key_jwt algorithm.
+    landing_dir: str = "data/landing"
+    bulk_concurrency: int = 4
+    jwt_algorithm: str | None = None
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -75,6 +79,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             group_id=settings.athena_group_id,
             scopes=settings.athena_scopes,
             requests_per_second=settings.athena_requests_per_second,
+            landing_dir=str(settings.landing_dir),
+            bulk_concurrency=settings.athena_bulk_concurrency,
+            jwt_algorithm=settings.athena_jwt_algorithm,
         ),
         "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
     }

@@ -1,0 +1,1 @@
+"""Tests of the Dagster definitions under ``athena_pipeline/defs/``."""
