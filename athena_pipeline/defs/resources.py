@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -47,14 +46,12 @@ class WarehouseResource(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection to the warehouse, closed on exit. Creates the parent directory first."""
-        db_path = Path(self.path)
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(db_path), read_only=read_only)
-        try:
+        """A connection to the warehouse, closed on exit (parent directory created first); a file
+        locked by another process raises ``WarehouseBusyError`` naming the holder and what to do."""
+        from athena_pipeline.warehouse.connection import connect
+
+        with connect(self.path, read_only=read_only) as con:
             yield con
-        finally:
-            con.close()
 
 
 def _secret(name: str, fallback: str | None) -> str | dg.EnvVar | None:
