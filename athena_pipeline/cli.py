@@ -165,6 +165,12 @@ def count_facts(facts_path: Path) -> dict[str, int]:
 # --- the command tree ----------------------------------------------------------------------
 
 
+def _world_option(flag: str, dest: str, help_text: str) -> Callable[[F], F]:
+    """The world directory option every sandbox command takes (defaults to SANDBOX_WORLD)."""
+    return click.option(flag, dest, type=click.Path(file_okay=False, path_type=Path), envvar="SANDBOX_WORLD",
+                        show_envvar=True, default=settings_mod.SANDBOX_WORLD, show_default=True, help=help_text)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="athena-pipeline")
 @click.option(
@@ -193,16 +199,7 @@ def sandbox() -> None:
 
 
 @sandbox.command()
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="SANDBOX_WORLD",
-    show_envvar=True,
-    default=settings_mod.SANDBOX_WORLD,
-    show_default=True,
-    help="World directory to create.",
-)
+@_world_option("--out", "out_dir", "World directory to create.")
 @click.option(
     "--seed", type=int, default=42, show_default=True, help="Random seed; same options => same world."
 )
@@ -271,16 +268,7 @@ def generate(
 
 
 @sandbox.command()
-@click.option(
-    "--world",
-    "world_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="SANDBOX_WORLD",
-    show_envvar=True,
-    default=settings_mod.SANDBOX_WORLD,
-    show_default=True,
-    help="World directory to serve (made by `sandbox generate`).",
-)
+@_world_option("--world", "world_dir", "World directory to serve (made by `sandbox generate`).")
 @click.option("--host", default=settings_mod.SANDBOX_HOST, show_default=True, help="Interface to bind.")
 @click.option(
     "--port",
@@ -412,16 +400,7 @@ def serve(
 
 
 @sandbox.command()
-@click.option(
-    "--world",
-    "world_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="SANDBOX_WORLD",
-    show_envvar=True,
-    default=settings_mod.SANDBOX_WORLD,
-    show_default=True,
-    help="World directory to advance.",
-)
+@_world_option("--world", "world_dir", "World directory to advance.")
 @click.option(
     "--days", type=click.IntRange(min=1), required=True, help="Days to simulate past the world clock."
 )
@@ -439,16 +418,7 @@ def advance(world_dir: Path, days: int) -> None:
 
 
 @sandbox.command()
-@click.option(
-    "--world",
-    "world_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="SANDBOX_WORLD",
-    show_envvar=True,
-    default=settings_mod.SANDBOX_WORLD,
-    show_default=True,
-    help="World directory to fingerprint.",
-)
+@_world_option("--world", "world_dir", "World directory to fingerprint.")
 @_clean_errors
 def fingerprint(world_dir: Path) -> None:
     """SHA-256 of every table's sorted rows (and of ground_truth.json): same seed and options, same lines."""
