@@ -591,13 +591,17 @@ class Emulator:
             return None, operation_outcome(404, "not-found", why)
         return job, None
 
-    async def status(self, request: Request) -> Response:
-        if (resp := await self.gate(request, "poll")) is not None:
-            return resp
+    async def _job_request(self, request: Request, kind: str):
+        """Faults for ``kind``, then the bearer token, then the caller's job: (job, None) or (None, error)."""
+        if (resp := await self.gate(request, kind)) is not None:
+            return None, resp
         token, resp = self.authorize(request)
         if resp is not None:
-            return resp
-        job, resp = self._job_for(request.path_params["job_id"], token)
+            return None, resp
+        return self._job_for(request.path_params["job_id"], token)
+
+    async def status(self, request: Request) -> Response:
+        job, resp = await self._job_request(request, "poll")
         if resp is not None:
             return resp
         if request.method == "DELETE":
@@ -628,12 +632,7 @@ class Emulator:
         return JSONResponse(self.exporter.manifest(job, self.base_url(request)), headers=headers)
 
     async def download(self, request: Request) -> Response:
-        if (resp := await self.gate(request, "file")) is not None:
-            return resp
-        token, resp = self.authorize(request)
-        if resp is not None:
-            return resp
-        job, resp = self._job_for(request.path_params["job_id"], token)
+        job, resp = await self._job_request(request, "file")
         if resp is not None:
             return resp
         found = self.exporter.file(job, request.path_params["name"])
