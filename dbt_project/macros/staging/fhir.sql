@@ -201,3 +201,31 @@
     {%- endif %}
     {%- endfor %}
 {%- endmacro %}
+
+
+{#- A whole `stg_fhir__<x>_codings` model: parse `fields` (the first is the patient reference) from
+    raw_fhir.<table>, then one row per coding of each element in `elements`. -#}
+{% macro fhir_codings_model(table, id_column, fields, elements) -%}
+with source as (
+    select * from {{ fhir_source(table) }}
+),
+
+parsed as (
+    select id, {{ fhir_parse(fields) }} as _f
+    from source
+),
+
+extracted as (
+    select
+        id as {{ id_column }},
+        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
+        {{ fhir_fields(fields) }}
+    from parsed
+),
+
+codings as (
+    {{ fhir_codings('extracted', id_column, elements) }}
+)
+
+select * from codings
+{%- endmacro %}

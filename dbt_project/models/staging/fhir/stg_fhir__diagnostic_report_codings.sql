@@ -9,25 +9,4 @@
     ('code', "json_extract(r.code, '$.coding[*]')"),
 ] %}
 
-with source as (
-    select * from {{ fhir_source('diagnosticreport') }}
-),
-
-parsed as (
-    select id, {{ fhir_parse(fields) }} as _f
-    from source
-),
-
-extracted as (
-    select
-        id as diagnostic_report_id,
-        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
-        {{ fhir_fields(fields) }}
-    from parsed
-),
-
-codings as (
-    {{ fhir_codings('extracted', 'diagnostic_report_id', elements) }}
-)
-
-select * from codings
+{{ fhir_codings_model('diagnosticreport', 'diagnostic_report_id', fields, elements) }}

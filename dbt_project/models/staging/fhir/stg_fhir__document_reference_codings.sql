@@ -9,25 +9,4 @@
     ('type', "json_extract(r.type, '$.coding[*]')"),
 ] %}
 
-with source as (
-    select * from {{ fhir_source('documentreference') }}
-),
-
-parsed as (
-    select id, {{ fhir_parse(fields) }} as _f
-    from source
-),
-
-extracted as (
-    select
-        id as document_reference_id,
-        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
-        {{ fhir_fields(fields) }}
-    from parsed
-),
-
-codings as (
-    {{ fhir_codings('extracted', 'document_reference_id', elements) }}
-)
-
-select * from codings
+{{ fhir_codings_model('documentreference', 'document_reference_id', fields, elements) }}

@@ -11,25 +11,4 @@
     ('reason', "json_extract(r.reasons, '$[*].coding[*]')"),
 ] %}
 
-with source as (
-    select * from {{ fhir_source('encounter') }}
-),
-
-parsed as (
-    select id, {{ fhir_parse(fields) }} as _f
-    from source
-),
-
-extracted as (
-    select
-        id as encounter_id,
-        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
-        {{ fhir_fields(fields) }}
-    from parsed
-),
-
-codings as (
-    {{ fhir_codings('extracted', 'encounter_id', elements) }}
-)
-
-select * from codings
+{{ fhir_codings_model('encounter', 'encounter_id', fields, elements) }}

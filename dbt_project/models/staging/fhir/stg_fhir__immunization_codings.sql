@@ -9,25 +9,4 @@
     ('vaccine_code', "json_extract(r.vaccine_code, '$.coding[*]')"),
 ] %}
 
-with source as (
-    select * from {{ fhir_source('immunization') }}
-),
-
-parsed as (
-    select id, {{ fhir_parse(fields) }} as _f
-    from source
-),
-
-extracted as (
-    select
-        id as immunization_id,
-        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
-        {{ fhir_fields(fields) }}
-    from parsed
-),
-
-codings as (
-    {{ fhir_codings('extracted', 'immunization_id', elements) }}
-)
-
-select * from codings
+{{ fhir_codings_model('immunization', 'immunization_id', fields, elements) }}

@@ -11,25 +11,4 @@
     ('medication', "json_extract(coalesce(r.medication_concept, list_filter(r.contained, lambda m: '#' || (m ->> 'id') = r.medication_reference)[1] -> 'code'), '$.coding[*]')"),
 ] %}
 
-with source as (
-    select * from {{ fhir_source('medicationrequest') }}
-),
-
-parsed as (
-    select id, {{ fhir_parse(fields) }} as _f
-    from source
-),
-
-extracted as (
-    select
-        id as medication_request_id,
-        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
-        {{ fhir_fields(fields) }}
-    from parsed
-),
-
-codings as (
-    {{ fhir_codings('extracted', 'medication_request_id', elements) }}
-)
-
-select * from codings
+{{ fhir_codings_model('medicationrequest', 'medication_request_id', fields, elements) }}

@@ -11,25 +11,4 @@
     ('value', "json_extract(r.value_concept, '$.coding[*]')"),
 ] %}
 
-with source as (
-    select * from {{ fhir_source('observation') }}
-),
-
-parsed as (
-    select id, {{ fhir_parse(fields) }} as _f
-    from source
-),
-
-extracted as (
-    select
-        id as observation_id,
-        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
-        {{ fhir_fields(fields) }}
-    from parsed
-),
-
-codings as (
-    {{ fhir_codings('extracted', 'observation_id', elements) }}
-)
-
-select * from codings
+{{ fhir_codings_model('observation', 'observation_id', fields, elements) }}

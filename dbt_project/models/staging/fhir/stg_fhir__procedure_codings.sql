@@ -9,25 +9,4 @@
     ('code', "json_extract(r.code, '$.coding[*]')"),
 ] %}
 
-with source as (
-    select * from {{ fhir_source('procedure') }}
-),
-
-parsed as (
-    select id, {{ fhir_parse(fields) }} as _f
-    from source
-),
-
-extracted as (
-    select
-        id as procedure_id,
-        {{ fhir_ref_id("(_f[1] ->> '$')", 'Patient') }} as patient_id,
-        {{ fhir_fields(fields) }}
-    from parsed
-),
-
-codings as (
-    {{ fhir_codings('extracted', 'procedure_id', elements) }}
-)
-
-select * from codings
+{{ fhir_codings_model('procedure', 'procedure_id', fields, elements) }}
