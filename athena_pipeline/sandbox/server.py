@@ -10,6 +10,10 @@ carry patient ids. The emulator logs its own line per request with the route tem
 
 :func:`build_config` turns the ``sandbox serve`` options (open mode, extra OAuth clients, token
 and export knobs) into an :class:`EmulatorConfig`, so the CLI stays a thin layer over it.
+
+``serve`` also mounts the Caspio emulator (``athena_pipeline/sandbox/caspio``) at ``/caspio``
+with a Starlette ``Mount``: one port serves both APIs, and ``CASPIO_BASE_URL`` defaults to
+``http://127.0.0.1:{SANDBOX_PORT}/caspio``. Its state lives in ``<world>/caspio.sqlite``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from pathlib import Path
 from typing import Self
 
 import uvicorn
+from starlette.routing import Mount, Router
 
+from athena_pipeline.sandbox.caspio.app import create_caspio_app
+from athena_pipeline.sandbox.caspio.config import CaspioConfig
 from athena_pipeline.sandbox.emulator.app import Emulator, create_app
 from athena_pipeline.sandbox.emulator.config import ClientConfig, EmulatorConfig
 from athena_pipeline.sandbox.emulator.faults import FaultInjector
@@ -176,15 +183,20 @@ def run_in_thread(world_dir: Path | str, *, host: str = "127.0.0.1", port: int =
 
 
 def serve(world_dir: Path, host: str = "127.0.0.1", port: int = 0, faults: str | None = None,
-          config: EmulatorConfig | None = None, log_level: str = "info") -> None:
+          config: EmulatorConfig | None = None, log_level: str = "info",
+          caspio_config: CaspioConfig | None = None, caspio_faults: str | None = None) -> None:
     """Serve the emulator in the foreground until interrupted.
 
     Prints one line with the base URL, FHIR base, token URL, the sandbox client id/secret and
-    the Data View DuckDB path, so a user (or a script) can point the pipeline at it.
+    the Data View DuckDB path, so a user (or a script) can point the pipeline at it; then a
+    second line for the Caspio emulator mounted at ``/caspio`` (base, token URL, client, state).
     """
     world = World.load(world_dir)  # fails early, with a helpful message, on a non-world
     config = config or EmulatorConfig()
     app = create_app(world.root, config, faults)
+    caspio_app = create_caspio_app(world.root, caspio_config, caspio_faults)
+    caspio = caspio_app.state.caspio
+    combined = Router(routes=[Mount("/caspio", app=caspio_app), Mount("", app=app)])
     sock = _bind(host, port)
     base = _base_url(host, sock.getsockname()[1])
     client = config.clients[0] if config.clients else None
@@ -198,12 +210,21 @@ def serve(world_dir: Path, host: str = "127.0.0.1", port: int = 0, faults: str |
         f"dataview={world.dataview_path}" + ("" if config.auth_required else " auth=open"),
         flush=True,
     )
+    caspio_client = caspio.config.clients[0]
+    print(
+        f"caspio emulator: base={base}/caspio token={base}/caspio/oauth/token "
+        f"v3={base}/caspio/integrations/rest/v3 client_id={caspio_client.client_id} "
+        f"client_secret={caspio_client.secret} state={caspio.state_path} "
+        f"view={base}/caspio/_emulator/",
+        flush=True,
+    )
     log.info("OAuth clients: %s; %s", ", ".join(
         f"{c.client_id} ({'+'.join(m for m, on in (('secret', c.secret), ('jwt', c.public_keys)) if on)})"
         for c in config.clients) or "none",
         "open mode: no token required" if not config.auth_required else "bearer tokens required")
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
+        uvicorn.Server(uvicorn.Config(combined, log_level=log_level, access_log=False,
                                       lifespan="off")).run(sockets=[sock])
     finally:
         app.state.emulator.exporter.close()
+        caspio.close()
