@@ -1,9 +1,9 @@
--- Each initially denied claim has exactly one primary denial reason (so reasons sum to the total),
--- and claims that were not denied have none.
-select context_id, claim_id, count(*) as n_rows,
-       count(primary_carc) as n_reasons, bool_or(is_denial) as is_denial
-from {{ ref('int_remittances_first_primary') }}
-group by 1, 2
-having count(*) <> 1
-    or (bool_or(is_denial) and count(primary_carc) <> 1)
-    or (not bool_or(is_denial) and count(primary_carc) <> 0)
+-- Each initially denied claim has exactly one primary denial reason (so reasons sum to the total), and
+-- claims whose first primary remit was not a denial have none.
+select coalesce(f.context_id, r.context_id) as context_id, coalesce(f.claim_id, r.claim_id) as claim_id,
+       f.is_denial, count(r.claim_id) as n_reasons
+from {{ ref('int_remittances_first_primary') }} f
+full outer join {{ ref('int_claim_primary_denial_reason') }} r
+    on r.context_id = f.context_id and r.claim_id = f.claim_id
+group by 1, 2, 3
+having count(r.claim_id) <> (case when coalesce(f.is_denial, false) then 1 else 0 end)
