@@ -5,8 +5,11 @@
                            as-of figure (A/R age, open gaps) on this date, so a rerun of an old
                            day (or a sandbox world whose clock is not today) gives that day's numbers.
   measurement_period_start / measurement_period_end
-                           the quality-measure period; default: calendar year to date of as_of_date
-                           (Jan 1 of its year .. as_of_date).
+                           the quality-measure period; default: the calendar year of as_of_date
+                           (Jan 1 .. Dec 31), evaluated with the data to date. eCQMs are annual and
+                           take ages on the period end, so a year-to-date end would drop patients
+                           who reach a measure's age band later in the year (CMS117's 2nd birthday,
+                           CMS125's 52) and would make every open gap "due" today.
   Each var must be an ISO date (YYYY-MM-DD); anything else stops the run with a clear message.
 -#}
 {% macro _iso_date_var(name, default) -%}
@@ -34,7 +37,8 @@
 
 
 {% macro measurement_period_end_value() -%}
-    {{ return(_iso_date_var('measurement_period_end', as_of_date_value())) }}
+    {%- set as_of = as_of_date_value() -%}
+    {{ return(_iso_date_var('measurement_period_end', as_of.replace(month=12, day=31))) }}
 {%- endmacro %}
 
 

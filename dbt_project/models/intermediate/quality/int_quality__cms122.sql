@@ -1,0 +1,48 @@
+-- CMS122 (Diabetes: HbA1c poor control > 9%), one row per denominator patient, in the shape every
+-- int_quality__cms* model shares (the quality marts union them). INVERSE: the care gap is being IN the
+-- numerator (poor control, or no HbA1c this period), not out of it.
+with denominator as (
+    select * from {{ ref('int_quality__cms122_denominator') }}
+),
+
+exclusions as (
+    select * from {{ ref('int_quality__cms122_exclusions') }}
+),
+
+numerator as (
+    select * from {{ ref('int_quality__cms122_numerator') }}
+),
+
+joined as (
+    select
+        d.measure_id,
+        d.period_start,
+        d.period_end,
+        d.patient_id,
+        e.patient_id is not null as is_excluded,
+        e.exclusion_reason,
+        coalesce(n.in_numerator, false) as numerator_met,
+        n.gap_reason,
+        n.last_evidence_date,
+        n.last_evidence_value,
+        n.due_date
+    from denominator as d
+    left join exclusions as e on e.patient_id = d.patient_id
+    left join numerator as n on n.patient_id = d.patient_id
+)
+
+select
+    measure_id,
+    period_start,
+    period_end,
+    patient_id,
+    true as in_denominator,
+    is_excluded,
+    exclusion_reason,
+    numerator_met and not is_excluded as in_numerator,
+    numerator_met and not is_excluded as is_gap,
+    case when numerator_met and not is_excluded then gap_reason end as gap_reason,
+    last_evidence_date,
+    cast(last_evidence_value as varchar) as last_evidence_value,
+    case when numerator_met and not is_excluded then due_date end as due_date
+from joined
