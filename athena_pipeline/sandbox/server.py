@@ -35,6 +35,7 @@ from athena_pipeline.sandbox.caspio.config import CaspioConfig
 from athena_pipeline.sandbox.emulator.app import Emulator, create_app
 from athena_pipeline.sandbox.emulator.config import ClientConfig, EmulatorConfig
 from athena_pipeline.sandbox.emulator.faults import FaultInjector
+from athena_pipeline.sandbox.emulator.subscriptions import grant_subscription_scopes
 from athena_pipeline.sandbox.world import World
 
 log = logging.getLogger("athena_pipeline.sandbox.athena")
@@ -149,6 +150,7 @@ class RunningServer:
         """Stop serving and delete this emulator's export files (its jobs die with it)."""
         self._server.should_exit = True
         self._thread.join(timeout)
+        self.emulator.events.stop()
         self.emulator.exporter.close()
 
     def __enter__(self) -> Self:
@@ -178,6 +180,7 @@ def run_in_thread(world_dir: Path | str, *, host: str = "127.0.0.1", port: int =
             sock.close()
             raise RuntimeError("the athenahealth emulator did not start")
         time.sleep(0.01)
+    app.state.emulator.events.start()  # webhook delivery runs beside the server, never in a request
     return RunningServer(base_url=_base_url(host, sock.getsockname()[1]),
                          emulator=app.state.emulator, _server=server, _thread=thread)
 
@@ -192,7 +195,8 @@ def serve(world_dir: Path, host: str = "127.0.0.1", port: int = 0, faults: str |
     second line for the Caspio emulator mounted at ``/caspio`` (base, token URL, client, state).
     """
     world = World.load(world_dir)  # fails early, with a helpful message, on a non-world
-    config = config or EmulatorConfig()
+    # the sandbox app has been granted the Event Subscription scopes (athena's ops team does that)
+    config = grant_subscription_scopes(config or EmulatorConfig())
     app = create_app(world.root, config, faults)
     caspio_app = create_caspio_app(world.root, caspio_config, caspio_faults)
     caspio = caspio_app.state.caspio
@@ -222,9 +226,11 @@ def serve(world_dir: Path, host: str = "127.0.0.1", port: int = 0, faults: str |
         f"{c.client_id} ({'+'.join(m for m, on in (('secret', c.secret), ('jwt', c.public_keys)) if on)})"
         for c in config.clients) or "none",
         "open mode: no token required" if not config.auth_required else "bearer tokens required")
+    app.state.emulator.events.start()  # webhook delivery (Event Subscriptions) in a background thread
     try:
         uvicorn.Server(uvicorn.Config(combined, log_level=log_level, access_log=False,
                                       lifespan="off")).run(sockets=[sock])
     finally:
+        app.state.emulator.events.stop()
         app.state.emulator.exporter.close()
         caspio.close()

@@ -12,6 +12,8 @@ Endpoints (paths as on api.platform.athenahealth.com):
   ``/providers``, ``/departments``   athenaOne v1 reads from the Data View file (``v1.py``);
   any other ``/v1/`` path is the gateway's plain-text 404
 - ``GET|POST /_emulator/faults``, ``POST /_emulator/reset``    runtime fault control (sandbox)
+- ``/fhir/r4/SubscriptionTopic``, ``/fhir/r4/Subscription[/{id}]``, ``/_emulator/events/...``
+  Event Subscriptions and webhook delivery (``subscriptions.py``, ``delivery.py``)
 
 Every response carries the quota headers and ``X-Request-Id``; every request is logged as one
 line on ``athena_pipeline.sandbox.athena`` with the route *template* (never concrete ids or
@@ -65,8 +67,10 @@ from athena_pipeline.sandbox.emulator.config import (
     EmulatorConfig,
 )
 from athena_pipeline.sandbox.emulator.dataview_store import DataViewStore
+from athena_pipeline.sandbox.emulator.delivery import DeliveryWorker
 from athena_pipeline.sandbox.emulator.faults import FaultInjector
 from athena_pipeline.sandbox.emulator.fhir_store import FhirStore, StoreUnavailable
+from athena_pipeline.sandbox.emulator.subscriptions import control_routes, subscription_routes
 from athena_pipeline.sandbox.emulator.v1 import gateway_route, v1_routes
 from athena_pipeline.sandbox.world import World
 
@@ -220,6 +224,8 @@ class Emulator:
         self.tokens = TokenService(config, self.meter)
         self.exporter = BulkExporter(self.store, config)
         self.dataview = DataViewStore(self.world_dir)
+        #: Event Subscriptions: store + delivery worker (started by server.py, not here).
+        self.events = DeliveryWorker(self.world_dir, self.store)
 
     # --- shared steps ------------------------------------------------------------------------
     def base_url(self, request: Request) -> str:
@@ -810,6 +816,7 @@ def create_app(world_dir: Path | str, config: EmulatorConfig | None = None,
         Route("/fhir/r4/.well-known/smart-configuration", emu.smart_configuration, methods=["GET"]),
         Route("/fhir/r4/Group/{group_id}/$export", _unavailable(emu.kickoff),
               methods=["GET", "POST"]),
+        *subscription_routes(emu),  # before the generic /fhir/r4/{type} routes
         Route("/fhir/r4/{type}", _unavailable(emu.search), methods=["GET"]),
         Route("/fhir/r4/{type}/{id}", _unavailable(emu.read), methods=["GET"]),
         Route("/v1/{practiceid}/ping", emu.ping, methods=["GET"]),
@@ -823,6 +830,7 @@ def create_app(world_dir: Path | str, config: EmulatorConfig | None = None,
             Route("/_emulator/faults", emu.faults_get, methods=["GET"]),
             Route("/_emulator/faults", emu.faults_post, methods=["POST"]),
             Route("/_emulator/reset", emu.reset, methods=["POST"]),
+            *control_routes(emu),
         ]
     uvicorn_error = logging.getLogger("uvicorn.error")
     if _QUIET not in uvicorn_error.filters:
