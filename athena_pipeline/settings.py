@@ -39,6 +39,17 @@ Data View (athenaOne tables)
     DATAVIEW_SOFT_DELETE_MAX_RATIO  soft-deleted share of a raw table above which a check warns [0.2]
 Scheduling
     PIPELINE_TIMEZONE           the practice's time zone: partition days and schedules [America/New_York]
+    NIGHTLY_TIME                local time (HH:MM, in PIPELINE_TIMEZONE) of the nightly run: the
+                                previous day's Data View partition, the FHIR export, then dbt and the
+                                Caspio publish [02:00]
+    FHIR_FULL_EXPORT_DAY        day of the month (1-28) whose nightly FHIR export is a full one instead
+                                of ``_since`` [1]
+    FRESHNESS_FAIL_HOURS        marts and Caspio tables older than this fail their freshness policy [26]
+    ALERT_WEBHOOK_URL           where failed runs are reported (JSON POST, e.g. a chat channel's
+                                incoming webhook); a secret: never logged [unset: log only]
+    AUTOMATION_DEFAULT_RUNNING  schedules and sensors start RUNNING (true) or STOPPED (false) when
+                                Dagster first sees them [true when the athenahealth endpoints are
+                                the sandbox's loopback ones, else false]
 Local storage
     WAREHOUSE_PATH              the DuckDB warehouse; keep this file NAME the same everywhere,
                                 dbt's database name is its stem [data/warehouse.duckdb]
@@ -54,6 +65,27 @@ Caspio (publishing)
     CASPIO_CALL_BUDGET          most API calls one publish may spend [5000]
     CASPIO_TABLE_PREFIX         prefix of every table the pipeline owns in Caspio [ap_]
     CASPIO_PUBLISH_PATIENT_LEVEL  publish patient-level tables (care-gap lists) [false]
+    CASPIO_API_VERSION          v3 (one row per POST) | v4 (bulk insert, up to 1000 rows a call) [v3]
+    CASPIO_CONCURRENCY          parallel Caspio calls (single-row POSTs, keyed PUTs) [4]
+    CASPIO_REQUESTS_PER_SECOND  client-side throttle for Caspio calls; 0 = none [6.5: the
+                                2000 calls / 300 s profile limit Caspio reports on v4]
+    CASPIO_RECONCILE_EVERY      read each table back and repair drift every N publishes; 0 = only
+                                when asked (--reconcile) [10]
+Events (athenahealth Event Subscriptions, webhook receiver)
+    WEBHOOK_SECRET              X-Hub-Secret sent when subscribing; the receiver checks signatures
+                                with it. Comma-separated while rotating: the first is registered,
+                                all are accepted [sandbox-webhook-secret]
+    WEBHOOK_PORT                port of `athena-pipeline webhook serve` [8766]
+    WEBHOOK_URL                 endpoint registered in each Subscription (athena needs public HTTPS
+                                on 443) [http://127.0.0.1:{WEBHOOK_PORT}/webhook]
+    WEBHOOK_MAX_BYTES           largest notification body accepted; larger ones get 413 [1048576]
+    EVENTS_INBOX_PATH           the durable event inbox, SQLite in WAL mode [data/events.sqlite]
+    ATHENA_EVENT_TOPICS         comma-separated topics to subscribe to; a family name means all of
+                                its topics [Appointment,Patient,Encounter,LabResult,Claim]
+    EVENTS_REFRESH_DEBOUNCE_MINUTES  non-appointment events trigger at most one incremental refresh
+                                (``_since`` FHIR export + downstream) per this many minutes [15]
+    EVENTS_STALE_MINUTES        events unprocessed for longer than this fail the inbox staleness
+                                check on caspio/appointments [60]
 """
 
 from __future__ import annotations
@@ -99,6 +131,11 @@ ENV_VARS: tuple[str, ...] = (
     "DATAVIEW_PARTITION_START",
     "DATAVIEW_SOFT_DELETE_MAX_RATIO",
     "PIPELINE_TIMEZONE",
+    "NIGHTLY_TIME",
+    "FHIR_FULL_EXPORT_DAY",
+    "FRESHNESS_FAIL_HOURS",
+    "ALERT_WEBHOOK_URL",
+    "AUTOMATION_DEFAULT_RUNNING",
     "WAREHOUSE_PATH",
     "LANDING_DIR",
     "WAREHOUSE_MEMORY_LIMIT",
@@ -110,10 +147,23 @@ ENV_VARS: tuple[str, ...] = (
     "CASPIO_CALL_BUDGET",
     "CASPIO_TABLE_PREFIX",
     "CASPIO_PUBLISH_PATIENT_LEVEL",
+    "CASPIO_API_VERSION",
+    "CASPIO_CONCURRENCY",
+    "CASPIO_REQUESTS_PER_SECOND",
+    "CASPIO_RECONCILE_EVERY",
+    "WEBHOOK_SECRET",
+    "WEBHOOK_PORT",
+    "WEBHOOK_URL",
+    "WEBHOOK_MAX_BYTES",
+    "EVENTS_INBOX_PATH",
+    "ATHENA_EVENT_TOPICS",
+    "EVENTS_REFRESH_DEBOUNCE_MINUTES",
+    "EVENTS_STALE_MINUTES",
 )
 
 ATHENA_AUTH_MODES = ("none", "client_secret", "private_key_jwt")
 DATAVIEW_KINDS = ("duckdb", "snowflake")
+CASPIO_API_VERSIONS = ("v3", "v4")
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 DATAVIEW_PARTITION_START = dt.date(2023, 11, 1)
 PIPELINE_TIMEZONE = "America/New_York"
@@ -124,7 +174,11 @@ SANDBOX_WORLD = ".sandbox/world"
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_CLIENT_SECRET = "sandbox-secret"
 SANDBOX_PRACTICE_ID = 195900
+WEBHOOK_PORT = 8766
+WEBHOOK_SECRET = "sandbox-webhook-secret"
+ATHENA_EVENT_TOPICS = ("Appointment", "Patient", "Encounter", "LabResult", "Claim")
 
+_HH_MM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
@@ -170,6 +224,12 @@ class Settings:
     dataview_soft_delete_max_ratio: float = 0.2
     # scheduling
     pipeline_timezone: str = PIPELINE_TIMEZONE
+    nightly_time: str = "02:00"
+    fhir_full_export_day: int = 1
+    freshness_fail_hours: float = 26.0
+    alert_webhook_url: str | None = _secret()
+    #: None = follow :attr:`is_sandbox` (see :attr:`automation_running_by_default`).
+    automation_default_running: bool | None = None
     # local storage
     warehouse_path: Path = Path("data/warehouse.duckdb")
     landing_dir: Path = Path("data/landing")
@@ -184,6 +244,19 @@ class Settings:
     caspio_call_budget: int = 5000
     caspio_table_prefix: str = "ap_"
     caspio_publish_patient_level: bool = False
+    caspio_api_version: str = "v3"
+    caspio_concurrency: int = 4
+    caspio_requests_per_second: float = 6.5
+    caspio_reconcile_every: int = 10
+    # events (webhooks)
+    webhook_secret: str | None = _secret(WEBHOOK_SECRET)
+    webhook_port: int = WEBHOOK_PORT
+    webhook_url: str = f"http://{SANDBOX_HOST}:{WEBHOOK_PORT}/webhook"
+    webhook_max_bytes: int = 1 << 20
+    events_inbox_path: Path = Path("data/events.sqlite")
+    athena_event_topics: tuple[str, ...] = ATHENA_EVENT_TOPICS
+    events_refresh_debounce_minutes: float = 15.0
+    events_stale_minutes: float = 60.0
 
     def __post_init__(self) -> None:
         if self.athena_auth not in ATHENA_AUTH_MODES:
@@ -212,12 +285,38 @@ class Settings:
             ZoneInfo(self.pipeline_timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("PIPELINE_TIMEZONE must be an IANA time zone such as America/New_York") from None
+        if not _HH_MM.match(self.nightly_time):
+            raise ValueError("NIGHTLY_TIME must be a local time HH:MM such as 02:00")
+        if not 1 <= self.fhir_full_export_day <= 28:
+            raise ValueError("FHIR_FULL_EXPORT_DAY must be within 1..28 (a day every month has)")
+        if not self.freshness_fail_hours > 0:
+            raise ValueError("FRESHNESS_FAIL_HOURS must be > 0")
+        if self.alert_webhook_url is not None and urlsplit(self.alert_webhook_url).scheme not in ("http", "https"):
+            raise ValueError("ALERT_WEBHOOK_URL must be an http(s) URL")
         if self.warehouse_memory_limit is not None and not _MEMORY.match(self.warehouse_memory_limit):
             raise ValueError("WAREHOUSE_MEMORY_LIMIT must look like 512MB or 2GB")
         if not 0 <= self.sandbox_port <= 65535:
             raise ValueError(f"SANDBOX_PORT must be a TCP port (0-65535), got {self.sandbox_port}")
         if self.caspio_call_budget < 0:
             raise ValueError("CASPIO_CALL_BUDGET must be >= 0")
+        if self.caspio_api_version not in CASPIO_API_VERSIONS:
+            raise ValueError(f"CASPIO_API_VERSION must be one of {', '.join(CASPIO_API_VERSIONS)}")
+        if not 1 <= self.caspio_concurrency <= 64:
+            raise ValueError("CASPIO_CONCURRENCY must be within 1..64")
+        if self.caspio_requests_per_second < 0:
+            raise ValueError("CASPIO_REQUESTS_PER_SECOND must be >= 0 (0 = no client-side limit)")
+        if self.caspio_reconcile_every < 0:
+            raise ValueError("CASPIO_RECONCILE_EVERY must be >= 0 (0 = only on demand)")
+        if not 0 <= self.webhook_port <= 65535:
+            raise ValueError(f"WEBHOOK_PORT must be a TCP port (0-65535), got {self.webhook_port}")
+        if self.webhook_max_bytes < 1024:
+            raise ValueError("WEBHOOK_MAX_BYTES must be at least 1024")
+        if not self.athena_event_topics:
+            raise ValueError("ATHENA_EVENT_TOPICS must name at least one topic")
+        if self.events_refresh_debounce_minutes < 0:
+            raise ValueError("EVENTS_REFRESH_DEBOUNCE_MINUTES must be >= 0")
+        if self.events_stale_minutes <= 0:
+            raise ValueError("EVENTS_STALE_MINUTES must be > 0")
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -274,6 +373,7 @@ class Settings:
         # The sandbox URLs follow SANDBOX_PORT, so moving the emulator is one variable, not three.
         sandbox_base = f"http://{SANDBOX_HOST}:{sandbox_port if sandbox_port is not None else SANDBOX_PORT}"
         key_path = get("ATHENA_PRIVATE_KEY_PATH")
+        webhook_port = num("WEBHOOK_PORT", int)
         values: dict[str, Any] = {
             "athena_fhir_base_url": get("ATHENA_FHIR_BASE_URL") or f"{sandbox_base}/fhir/r4",
             "athena_token_url": get("ATHENA_TOKEN_URL") or f"{sandbox_base}/oauth2/v1/token",
@@ -302,6 +402,11 @@ class Settings:
             "dataview_partition_start": day("DATAVIEW_PARTITION_START"),
             "dataview_soft_delete_max_ratio": num("DATAVIEW_SOFT_DELETE_MAX_RATIO", float),
             "pipeline_timezone": get("PIPELINE_TIMEZONE"),
+            "nightly_time": get("NIGHTLY_TIME"),
+            "fhir_full_export_day": num("FHIR_FULL_EXPORT_DAY", int),
+            "freshness_fail_hours": num("FRESHNESS_FAIL_HOURS", float),
+            "alert_webhook_url": get("ALERT_WEBHOOK_URL"),
+            "automation_default_running": flag("AUTOMATION_DEFAULT_RUNNING"),
             "warehouse_path": _path_or_none(get("WAREHOUSE_PATH")),
             "landing_dir": _path_or_none(get("LANDING_DIR")),
             "warehouse_memory_limit": get("WAREHOUSE_MEMORY_LIMIT"),
@@ -313,6 +418,20 @@ class Settings:
             "caspio_call_budget": num("CASPIO_CALL_BUDGET", int),
             "caspio_table_prefix": get("CASPIO_TABLE_PREFIX"),
             "caspio_publish_patient_level": flag("CASPIO_PUBLISH_PATIENT_LEVEL"),
+            "caspio_api_version": (get("CASPIO_API_VERSION") or "v3").lower(),
+            "caspio_concurrency": num("CASPIO_CONCURRENCY", int),
+            "caspio_requests_per_second": num("CASPIO_REQUESTS_PER_SECOND", float),
+            "caspio_reconcile_every": num("CASPIO_RECONCILE_EVERY", int),
+            "webhook_secret": get("WEBHOOK_SECRET"),
+            "webhook_port": webhook_port,
+            "webhook_url": get("WEBHOOK_URL")
+            or f"http://{SANDBOX_HOST}:{webhook_port if webhook_port is not None else WEBHOOK_PORT}/webhook",
+            "webhook_max_bytes": num("WEBHOOK_MAX_BYTES", int),
+            "events_inbox_path": _path_or_none(get("EVENTS_INBOX_PATH")),
+            "athena_event_topics": tuple(t.strip() for t in (get("ATHENA_EVENT_TOPICS") or "").split(",")
+                                         if t.strip()) or None,
+            "events_refresh_debounce_minutes": num("EVENTS_REFRESH_DEBOUNCE_MINUTES", float),
+            "events_stale_minutes": num("EVENTS_STALE_MINUTES", float),
         }
         return cls(**{k: v for k, v in values.items() if v is not None})
 
@@ -326,6 +445,26 @@ class Settings:
     def is_sandbox(self) -> bool:
         """True when the athenahealth endpoints are on loopback, i.e. the sandbox emulator."""
         return _is_loopback(self.athena_fhir_base_url) and _is_loopback(self.athena_token_url)
+
+    @property
+    def automation_running_by_default(self) -> bool:
+        """Whether schedules and sensors start RUNNING: ``AUTOMATION_DEFAULT_RUNNING``, else
+        :attr:`is_sandbox` (the sandbox switches everything on; production starts stopped, so a
+        deploy never starts hitting athenahealth before someone decides it should)."""
+        if self.automation_default_running is not None:
+            return self.automation_default_running
+        return self.is_sandbox
+
+    @property
+    def nightly_hour_minute(self) -> tuple[int, int]:
+        """``NIGHTLY_TIME`` as (hour, minute)."""
+        hour, minute = self.nightly_time.split(":")
+        return int(hour), int(minute)
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """``WEBHOOK_SECRET`` split on commas: the first is registered, every one is accepted."""
+        return tuple(s.strip() for s in (self.webhook_secret or "").split(",") if s.strip())
 
     def redacted(self) -> dict[str, Any]:
         """Every setting as plain JSON-able values, secrets shown as ``***`` (unset ones as None).

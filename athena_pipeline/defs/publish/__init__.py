@@ -1,6 +1,7 @@
-"""Publishing assets: marts into Caspio tables that leadership dashboards read.
+"""Publishing assets: marts into the Caspio tables leadership dashboards read.
 
-What will live here: one keyed diff sync per published mart (read the mart, diff against the
-Caspio table, write only what changed, read back to verify), refusing a plan that exceeds
-``CASPIO_CALL_BUDGET``; patient-level tables only when ``CASPIO_PUBLISH_PATIENT_LEVEL`` is set.
+``assets.py``: one asset per mart, ``caspio/<mart>`` (group ``caspio``, depends on the dbt asset
+``marts/<mart>``), its ``matches_mart`` asset check and ``publish_job``. ``resources.py``: the
+``caspio`` resource. The work itself (keyed diff sync, budget, reconciliation) is done by
+``athena_pipeline.caspio.publish``, which ``athena-pipeline publish`` runs too.
 """
