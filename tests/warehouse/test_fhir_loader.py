@@ -151,7 +151,9 @@ def test_synthea_fixture_loads_cleanly_with_the_right_counts(db: Path) -> None:
 
 
 # --- upsert rules ---------------------------------------------------------------------------------
-def test_duplicates_across_files_keep_the_newest_then_the_later_file(tmp_path: Path, db: Path) -> None:
+@pytest.mark.parametrize("loader", ["export", "directory"])
+def test_duplicates_across_files_keep_the_newest_then_the_later_file(tmp_path: Path, db: Path, loader: str) -> None:
+    # With a manifest the files of a type are read as one run; a plain directory, file by file.
     export = write_export(tmp_path / "landing", "e1", {
         "Patient.000.ndjson": [res("Patient", "p1", "2026-01-02T00:00:00Z", gender="male"),
                                res("Patient", "p2", "2026-01-01T00:00:00Z", gender="female"),
@@ -162,7 +164,7 @@ def test_duplicates_across_files_keep_the_newest_then_the_later_file(tmp_path: P
                                res("Patient", "p3", "2026-03-01T00:00:00Z", gender="female")],  # tie: later line
     })
     with connect(db) as con:
-        result = load_fhir_export(con, export)
+        result = load_fhir_export(con, export) if loader == "export" else load_fhir_directory(con, export)
         p = result.types["Patient"]
         assert (p.read, p.inserted, p.duplicates) == (7, 3, 4)
         stored = rows(con, "SELECT id, resource->>'gender', source_file, source_line FROM raw_fhir.patient ORDER BY id")
@@ -220,6 +222,111 @@ def test_deletions_remove_stored_rows_and_keep_tombstones(tmp_path: Path, db: Pa
         assert (r3.types["Patient"].tombstoned, r3.types["Patient"].inserted) == (1, 1)
         assert rows(con, "SELECT id, resource->>'gender' FROM raw_fhir.patient ORDER BY id") == [
             ("p2", None), ("p3", None), ("p4", "female")]
+
+
+def _stored_rows(path: Path) -> dict[str, list[tuple]]:
+    """Every raw row (wall-clock ``loaded_at`` aside), by table."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = [t for (t,) in rows(con, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'raw_fhir'")]
+        return {t: rows(con, f"""SELECT id, last_updated, resource::VARCHAR, export_id, source_file, source_line
+                                 FROM raw_fhir.{t} ORDER BY id""") for t in sorted(tables)}
+    finally:
+        con.close()
+
+
+def test_a_first_load_stores_the_same_rows_as_an_upsert_into_stored_rows(tmp_path: Path) -> None:
+    """A load into empty tables takes a fast path (no comparison with stored rows); loading the same
+    export over older stored copies, some of them deleted by it, must end with identical rows."""
+    landing = tmp_path / "landing"
+    older = write_export(landing, "e0", {
+        "Patient.000.ndjson": [res("Patient", "p1", "2025-01-01T00:00:00Z", gender="old"),
+                               res("Patient", "p9", "2025-01-01T00:00:00Z")],
+        "Observation.000.ndjson": [res("Observation", "o2", "2025-01-01T00:00:00Z")]},
+        transaction_time="2025-01-02T00:00:00Z")
+    export = write_export(landing, "e1", {
+        "Patient.000.ndjson": [res("Patient", "p1", "2026-02-01T00:00:00Z", gender="A"),
+                               res("Patient", "p2", "2026-01-01T00:00:00Z", gender="first"),
+                               res("Patient", "p3", None, gender="undated")],
+        "Patient.001.ndjson": [res("Patient", "p1", "2026-01-01T00:00:00Z", gender="older copy"),
+                               "not json",
+                               res("Patient", "p2", "2026-01-01T00:00:00Z", gender="B"),  # tie: later file
+                               res("Patient", "p4", "2026-01-01T00:00:00Z")],
+        "Observation.000.ndjson": [res("Observation", "o1", "2026-01-01T00:00:00Z", status="preliminary"),
+                                   res("Observation", "o2", "2026-01-01T00:00:00Z")],
+        "Observation.001.ndjson": [res("Observation", "o1", "2026-03-01T00:00:00Z", status="final")]},
+        deleted=["Patient/p9", "Observation/o2"])
+    fresh, upserted = tmp_path / "fresh.duckdb", tmp_path / "upserted.duckdb"
+    with connect(fresh) as con:
+        first = load_fhir_export(con, export)
+    with connect(upserted) as con:
+        load_fhir_export(con, older)
+        over = load_fhir_export(con, export)
+
+    assert _stored_rows(fresh) == _stored_rows(upserted)
+    stored = _stored_rows(fresh)
+    assert [(r[0], json.loads(r[2]).get("gender"), r[4], r[5]) for r in stored["patient"]] == [
+        ("p1", "A", "Patient.000.ndjson", 1), ("p2", "B", "Patient.001.ndjson", 3),
+        ("p3", "undated", "Patient.000.ndjson", 3), ("p4", None, "Patient.001.ndjson", 4)]
+    assert [(r[0], json.loads(r[2])["status"], r[4]) for r in stored["observation"]] == [
+        ("o1", "final", "Observation.001.ndjson")]  # o2: deleted after its lastUpdated
+    p_first, p_over = first.types["Patient"], over.types["Patient"]
+    assert (p_first.inserted, p_first.updated, p_first.duplicates, p_first.quarantined) == (4, 0, 2, 1)
+    assert (p_over.inserted, p_over.updated, p_over.duplicates, p_over.deleted) == (3, 1, 2, 1)
+    assert (first.types["Observation"].tombstoned, over.types["Observation"].tombstoned) == (1, 1)
+    assert over.types["Observation"].deleted == 1
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["first-load", "over-stored-rows"])
+def test_line_numbers_stay_exact_when_manifest_counts_are_wrong(tmp_path: Path, db: Path, stored: bool) -> None:
+    """The files of a type are read in one scan and numbered from the manifest counts; a count that
+    is off (a short or padded file) must not shift the line numbers of the files after it."""
+    if stored:
+        with connect(db) as con:
+            load_fhir_export(con, write_export(tmp_path / "landing", "e0", {"Patient.000.ndjson": [
+                res("Patient", "z1", TXN_TIME)]}))
+    export = write_export(tmp_path / "landing", "e1", {
+        "Patient.000.ndjson": [res("Patient", "a1", TXN_TIME), res("Patient", "a2", TXN_TIME)],
+        "Patient.001.ndjson": [res("Patient", "b1", TXN_TIME), "not json", res("Patient", "b3", TXN_TIME)],
+        "Patient.002.ndjson": [res("Patient", "c1", TXN_TIME), res("Patient", "c2", TXN_TIME)]},
+        counts={"Patient.000.ndjson": 3, "Patient.001.ndjson": 1})
+    with connect(db) as con:
+        result = load_fhir_export(con, export)
+        assert [(m.file, m.expected, m.read) for m in result.count_mismatches] == [
+            ("Patient.000.ndjson", 3, 2), ("Patient.001.ndjson", 1, 3)]
+        assert rows(con, "SELECT id, source_file, source_line FROM raw_fhir.patient WHERE export_id = 'e1' "
+                         "ORDER BY id") == [
+            ("a1", "Patient.000.ndjson", 1), ("a2", "Patient.000.ndjson", 2),
+            ("b1", "Patient.001.ndjson", 1), ("b3", "Patient.001.ndjson", 3),
+            ("c1", "Patient.002.ndjson", 1), ("c2", "Patient.002.ndjson", 2)]
+        assert rows(con, "SELECT source_file, source_line, reason FROM audit.quarantine") == [
+            ("Patient.001.ndjson", 2, "not valid JSON")]
+        assert rows(con, "SELECT count(*) FROM raw_fhir.patient") == [(7 if stored else 6,)]
+
+
+def test_a_raw_table_of_an_earlier_version_is_rebuilt_once_keeping_its_rows(tmp_path: Path, db: Path) -> None:
+    """Earlier versions created raw tables with a PRIMARY KEY (no zstd); the first load that touches
+    one rebuilds it without the key, keeping its rows, and leaves the session settings alone."""
+    export = write_export(tmp_path / "landing", "e1", {"Patient.000.ndjson": [
+        res("Patient", "p1", "2026-02-01T00:00:00Z", gender="new"), res("Patient", "p2", "2026-01-01T00:00:00Z"),
+        res("Patient", "p2", "2026-01-01T00:00:00Z", gender="dup")]})
+    with connect(db) as con:
+        con.execute("CREATE SCHEMA raw_fhir")
+        con.execute("""CREATE TABLE raw_fhir.patient (id VARCHAR PRIMARY KEY, last_updated TIMESTAMPTZ,
+                       resource JSON, export_id VARCHAR, source_file VARCHAR, source_line BIGINT,
+                       loaded_at TIMESTAMPTZ)""")
+        con.execute("""INSERT INTO raw_fhir.patient VALUES
+                       ('p1', '2026-01-01T00:00:00Z', '{"resourceType":"Patient","id":"p1"}', 'e0', 'P.ndjson', 1, now()),
+                       ('p0', '2026-01-01T00:00:00Z', '{"resourceType":"Patient","id":"p0"}', 'e0', 'P.ndjson', 2, now())""")
+        before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()
+        result = load_fhir_export(con, export)
+        assert (result.inserted, result.updated, result.types["Patient"].duplicates) == (1, 1, 1)
+        assert rows(con, "SELECT id, resource->>'gender', export_id FROM raw_fhir.patient ORDER BY id") == [
+            ("p0", None, "e0"), ("p1", "new", "e1"), ("p2", "dup", "e1")]
+        assert rows(con, """SELECT count(*) FROM duckdb_constraints() WHERE schema_name = 'raw_fhir'
+                            AND constraint_type = 'PRIMARY KEY'""") == [(0,)]
+        assert "COMPRESSION ZSTD" in rows(con, "SELECT sql FROM duckdb_tables() WHERE table_name = 'patient'")[0][0]
+        assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == before
 
 
 # --- malformed input --------------------------------------------------------------------------------
@@ -297,11 +404,17 @@ def test_an_incomplete_export_is_refused_before_anything_is_written(tmp_path: Pa
     no_manifest = tmp_path / "landing" / "e2"
     no_manifest.mkdir()
     (no_manifest / "Patient.000.ndjson").write_text(json.dumps(res("Patient", "p1", None)) + "\n")
+    listed_twice = write_export(tmp_path / "landing", "e3", {"Patient.000.ndjson": [res("Patient", "p1", None)]})
+    manifest = json.loads((listed_twice / "export.json").read_text())
+    manifest["files"] *= 2
+    (listed_twice / "export.json").write_text(json.dumps(manifest))
     with connect(db) as con:
         with pytest.raises(FhirExportError, match="incomplete: Patient.000.ndjson"):
             load_fhir_export(con, export)
         with pytest.raises(FhirExportError, match="no export.json"):
             load_fhir_export(con, no_manifest)
+        with pytest.raises(FhirExportError, match="lists Patient.000.ndjson more than once"):
+            load_fhir_export(con, listed_twice)
         assert rows(con, "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'raw_fhir'") == [(0,)]
 
 
@@ -317,6 +430,7 @@ def test_a_failing_load_raises_its_own_error_and_rolls_back(tmp_path: Path, db: 
             load_fhir_export(con, export)
         # Rolled back, and the connection is usable with its settings as they were.
         assert con.execute("SELECT current_setting('disabled_optimizers')").fetchone() == ("",)
+        assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
         assert con.execute("SELECT count(*) FROM raw_fhir.patient").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'meta'").fetchone() == (0,)
 
