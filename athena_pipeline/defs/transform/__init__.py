@@ -1,6 +1,8 @@
 """Transformation assets: the dbt project in ``dbt_project/`` as Dagster assets.
 
-What will live here: the ``DbtProject`` handle and ``@dbt_assets`` for the staging,
-intermediate and mart models (pool ``warehouse``, since dbt writes the DuckDB file), with a
-translator that maps dbt sources onto the raw extraction assets; dbt tests become asset checks.
+``project.py``: the ``DbtProject`` and its manifest. ``translator.py``: asset keys ``[<layer>, <model>]``
+and ``["seeds", <seed>]``, groups ``staging`` / ``intermediate`` / ``marts``, dbt sources mapped onto
+the extraction assets. ``assets.py``: one ``@dbt_assets`` (``dbt build``, pool ``warehouse``, dbt tests
+as asset checks, row counts and column schemas as metadata) and ``transform_job``. ``resources.py``:
+the ``dbt`` resource.
 """

@@ -1,5 +1,6 @@
 -- stg_fhir__allergy_intolerances: one row per FHIR AllergyIntolerance (substance code, status, criticality).
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='allergy_intolerance_id',
+          post_hook="{{ fhir_incremental_prune('allergyintolerance', 'allergy_intolerance_id') }}") }}
 {% set fields = [
     ('codings', '$.code.coding', 'list'),
     ('code_text', '$.code.text', 'text'),
@@ -17,7 +18,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('allergyintolerance') }}
+    select * from {{ fhir_incremental_source('allergyintolerance') }}
 ),
 
 parsed as (

@@ -1,6 +1,7 @@
 -- stg_fhir__appointments: one row per FHIR Appointment, with the patient, practitioner and location
 -- taken from the participants (each participant's actor reference says which is which).
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='appointment_id',
+          post_hook="{{ fhir_incremental_prune('appointment', 'appointment_id') }}") }}
 {% set fields = [
     ('participants', '$.participant', 'list'),
     ('status', '$.status', 'text'),
@@ -17,7 +18,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('appointment') }}
+    select * from {{ fhir_incremental_source('appointment') }}
 ),
 
 parsed as (

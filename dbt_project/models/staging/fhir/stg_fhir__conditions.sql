@@ -2,7 +2,8 @@
 -- the ICD-10-CM and SNOMED CT codings picked by system (exporters send both, in any order) and the
 -- onset / abatement choice types resolved (onsetDateTime or onsetPeriod.start, ...).
 -- Every coding is in stg_fhir__condition_codings.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='condition_id',
+          post_hook="{{ fhir_incremental_prune('condition', 'condition_id') }}") }}
 {% set fields = [
     ('codings', '$.code.coding', 'list'),
     ('code_text', '$.code.text', 'text'),
@@ -20,7 +21,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('condition') }}
+    select * from {{ fhir_incremental_source('condition') }}
 ),
 
 parsed as (

@@ -1,6 +1,7 @@
 -- stg_fhir__coverages: one row per FHIR Coverage (a patient's insurance), with the payer and, for
 -- athenahealth, the athenaOne insurance package id carried in the payor identifier.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='coverage_id',
+          post_hook="{{ fhir_incremental_prune('coverage', 'coverage_id') }}") }}
 {% set fields = [
     ('status', '$.status', 'text'),
     ('type_code', '$.type.coding[0].code', 'text'),
@@ -19,7 +20,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('coverage') }}
+    select * from {{ fhir_incremental_source('coverage') }}
 ),
 
 parsed as (

@@ -1,6 +1,7 @@
 -- stg_fhir__diagnostic_reports: one row per FHIR DiagnosticReport (lab panels), with the ids of the
 -- result Observations it groups.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='diagnostic_report_id',
+          post_hook="{{ fhir_incremental_prune('diagnosticreport', 'diagnostic_report_id') }}") }}
 {% set fields = [
     ('codings', '$.code.coding', 'list'),
     ('code_text', '$.code.text', 'text'),
@@ -15,7 +16,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('diagnosticreport') }}
+    select * from {{ fhir_incremental_source('diagnosticreport') }}
 ),
 
 parsed as (

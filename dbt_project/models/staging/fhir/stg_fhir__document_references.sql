@@ -1,6 +1,7 @@
 -- stg_fhir__document_references: one row per FHIR DocumentReference (clinical notes). Metadata only:
 -- the attachment content (base64 note text, PHI, often large) is deliberately not staged.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='document_reference_id',
+          post_hook="{{ fhir_incremental_prune('documentreference', 'document_reference_id') }}") }}
 {% set fields = [
     ('codings', '$.type.coding', 'list'),
     ('type_text', '$.type.text', 'text'),
@@ -19,7 +20,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('documentreference') }}
+    select * from {{ fhir_incremental_source('documentreference') }}
 ),
 
 parsed as (

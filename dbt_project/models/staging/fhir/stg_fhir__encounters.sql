@@ -1,6 +1,7 @@
 -- stg_fhir__encounters: one row per FHIR Encounter: class, type, period, and who / where / for whom.
 -- The performer is the PPRF ("primary performer") participant, else the first one with an individual.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='encounter_id',
+          post_hook="{{ fhir_incremental_prune('encounter', 'encounter_id') }}") }}
 {% set fields = [
     ('status', '$.status', 'text'),
     ('class_code', '$.class.code', 'text'),
@@ -16,7 +17,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('encounter') }}
+    select * from {{ fhir_incremental_source('encounter') }}
 ),
 
 parsed as (

@@ -1,6 +1,7 @@
 -- stg_fhir__immunizations: one row per FHIR Immunization, with the CVX code picked by system
 -- (a CPT coding may ride along) and the occurrence choice type resolved.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='immunization_id',
+          post_hook="{{ fhir_incremental_prune('immunization', 'immunization_id') }}") }}
 {% set fields = [
     ('codings', '$.vaccineCode.coding', 'list'),
     ('code_text', '$.vaccineCode.text', 'text'),
@@ -15,7 +16,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('immunization') }}
+    select * from {{ fhir_incremental_source('immunization') }}
 ),
 
 parsed as (

@@ -1,6 +1,7 @@
 -- stg_fhir__medication_request_codings: one row per coding of the medication of a MedicationRequest, inline (medicationCodeableConcept) or from a contained Medication.
 -- Value-set matching (seed value_sets) joins here, so a code counts whichever coding carries it.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='medication_request_id',
+          post_hook="{{ fhir_incremental_prune('medicationrequest', 'medication_request_id') }}") }}
 {% set fields = [
     ('patient_reference', '$.subject.reference', 'text'),
     ('medication_concept', '$.medicationCodeableConcept', 'json'),

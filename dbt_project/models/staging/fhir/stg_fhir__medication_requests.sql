@@ -1,7 +1,8 @@
 -- stg_fhir__medication_requests: one row per FHIR MedicationRequest. The medication is either inline
 -- (medicationCodeableConcept) or a reference; a reference to a contained Medication ("#med1") is
 -- resolved to that Medication's code, so RxNorm codes are found either way.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='medication_request_id',
+          post_hook="{{ fhir_incremental_prune('medicationrequest', 'medication_request_id') }}") }}
 {% set fields = [
     ('medication_concept', '$.medicationCodeableConcept', 'json'),
     ('medication_reference', '$.medicationReference.reference', 'text'),
@@ -18,7 +19,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('medicationrequest') }}
+    select * from {{ fhir_incremental_source('medicationrequest') }}
 ),
 
 parsed as (

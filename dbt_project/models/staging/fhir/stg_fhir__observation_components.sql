@@ -1,7 +1,8 @@
 -- stg_fhir__observation_components: Observation.component unnested, one row per component. A US Core
 -- blood pressure (85354-9) becomes two rows, systolic (8480-6) and diastolic (8462-4), each with its
 -- own value, and `blood_pressure_part` says which.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='observation_id',
+          post_hook="{{ fhir_incremental_prune('observation', 'observation_id') }}") }}
 {% set fields = [
     ('components', '$.component', 'list'),
     ('subject_reference', '$.subject.reference', 'text'),
@@ -14,16 +15,16 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('observation') }}
+    select * from {{ fhir_incremental_source('observation') }}
 ),
 
 parsed as (
-    select id, last_updated, {{ fhir_parse(fields) }} as _f
+    select id, last_updated, loaded_at, {{ fhir_parse(fields) }} as _f
     from source
 ),
 
 extracted as (
-    select id, last_updated, {{ fhir_fields(fields) }}
+    select id, last_updated, loaded_at, {{ fhir_fields(fields) }}
     from parsed
 ),
 
@@ -36,6 +37,7 @@ components as (
         o.status,
         coalesce(o.effective_date_time, o.effective_period_start, o.effective_instant) as effective,
         o.last_updated,
+        o.loaded_at,
         c.component_index,
         json_extract(c.component, ['$.code.coding', '$.code.text', '$.valueQuantity', '$.valueCodeableConcept',
                                    '$.valueString']) as _c
@@ -71,5 +73,6 @@ select
     value_codings[1] ->> 'code' as value_code,
     value_codings[1] ->> 'display' as value_display,
     _c[5] ->> '$' as value_string,
-    {{ utc_timestamp('last_updated') }} as last_updated_at
+    {{ utc_timestamp('last_updated') }} as last_updated_at,
+    {{ utc_timestamp('loaded_at') }} as loaded_at
 from coded

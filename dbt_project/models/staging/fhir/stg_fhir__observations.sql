@@ -2,7 +2,8 @@
 -- effectivePeriod.start or effectiveInstant), and the value whatever its type (valueQuantity,
 -- valueCodeableConcept, valueString, valueBoolean, valueInteger). Panels such as blood pressure
 -- carry no value of their own: their components are in stg_fhir__observation_components.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='observation_id',
+          post_hook="{{ fhir_incremental_prune('observation', 'observation_id') }}") }}
 {% set fields = [
     ('codings', '$.code.coding', 'list'),
     ('code_text', '$.code.text', 'text'),
@@ -25,7 +26,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('observation') }}
+    select * from {{ fhir_incremental_source('observation') }}
 ),
 
 parsed as (

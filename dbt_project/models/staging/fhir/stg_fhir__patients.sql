@@ -1,6 +1,7 @@
 -- stg_fhir__patients: one row per FHIR Patient, flattened (US Core demographics, race/ethnicity
 -- extensions, the athenaOne patient id from its identifier so FHIR and Data View can be joined).
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='patient_id',
+          post_hook="{{ fhir_incremental_prune('patient', 'patient_id') }}") }}
 {% set fields = [
     ('identifiers', '$.identifier', 'list'),
     ('names', '$.name', 'list'),
@@ -18,7 +19,7 @@
 {% set us_core = 'http://hl7.org/fhir/us/core/StructureDefinition/' %}
 
 with source as (
-    select * from {{ fhir_source('patient') }}
+    select * from {{ fhir_incremental_source('patient') }}
 ),
 
 parsed as (

@@ -1,7 +1,8 @@
 -- stg_fhir__procedures: one row per FHIR Procedure: code (CPT/HCPCS preferred, else SNOMED CT or
 -- whatever comes first) and when it was performed (performedDateTime, or performedPeriod as Synthea
 -- writes it). Every coding is in stg_fhir__procedure_codings.
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='procedure_id',
+          post_hook="{{ fhir_incremental_prune('procedure', 'procedure_id') }}") }}
 {% set fields = [
     ('codings', '$.code.coding', 'list'),
     ('code_text', '$.code.text', 'text'),
@@ -18,7 +19,7 @@
 ] %}
 
 with source as (
-    select * from {{ fhir_source('procedure') }}
+    select * from {{ fhir_incremental_source('procedure') }}
 ),
 
 parsed as (
