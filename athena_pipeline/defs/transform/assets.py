@@ -73,7 +73,7 @@ class TransformConfig(dg.Config):
     measurement_period_start: str | None = Field(
         default=None, description="Quality-measure period start (ISO date); empty = Jan 1 of as_of_date's year.")
     measurement_period_end: str | None = Field(
-        default=None, description="Quality-measure period end (ISO date); empty = as_of_date.")
+        default=None, description="Quality-measure period end (ISO date); empty = Dec 31 of as_of_date's year.")
     context_ids: list[int] = Field(
         default_factory=list, description="Data View practices (CONTEXTID) to stage; empty = all in the warehouse.")
     full_refresh: bool = Field(
