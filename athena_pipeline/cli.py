@@ -358,6 +358,61 @@ def generate(
     metavar="N",
     help="API calls per second per client; more get 429 with Retry-After: 1.  [default: off]",
 )
+@click.option(
+    "--caspio-latency",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="MS",
+    help="Caspio emulator: every REST call waits this long (real Caspio: ~300).  [default: 0]",
+)
+@click.option(
+    "--caspio-rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="N",
+    help="Caspio emulator: REST calls per second per client; more get 429.  [default: off]",
+)
+@click.option(
+    "--caspio-burst",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Caspio emulator: calls allowed at once by the rate limit.  [default: the rate, rounded up]",
+)
+@click.option(
+    "--caspio-allowance",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Caspio emulator: monthly call allowance (period 27th-26th, Pacific).  [default: 500000]",
+)
+@click.option(
+    "--caspio-over-allowance",
+    type=click.Choice(["count", "throttle"]),
+    default=None,
+    help="Caspio emulator: calls over the allowance are counted as overage, or answered 429.  "
+    "[default: count]",
+)
+@click.option(
+    "--caspio-token-lifetime",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Caspio emulator: access token lifetime (expires_in).  [default: 86399]",
+)
+@click.option(
+    "--caspio-stale-token-400",
+    is_flag=True,
+    help="Caspio emulator: answer an expired token with 400 IncorrectQueryParameter instead of 401 "
+    "(a quirk seen in the field).",
+)
+@click.option(
+    "--caspio-faults",
+    default=None,
+    metavar="SPEC",
+    help="Caspio emulator fault spec, e.g. throttle=p0.05,server_error=2:503,error_after_write=1; "
+    "see athena_pipeline/sandbox/caspio/faults.py.",
+)
 @_clean_errors
 def serve(
     world_dir: Path,
@@ -374,9 +429,20 @@ def serve(
     file_expiry: float | None = None,
     export_delay: float | None = None,
     per_second_limit: int | None = None,
+    caspio_latency: float | None = None,
+    caspio_rate_limit: float | None = None,
+    caspio_burst: int | None = None,
+    caspio_allowance: int | None = None,
+    caspio_over_allowance: str | None = None,
+    caspio_token_lifetime: float | None = None,
+    caspio_stale_token_400: bool = False,
+    caspio_faults: str | None = None,
 ) -> None:
-    """Serve the athenahealth emulator (OAuth, FHIR R4, Bulk Data export, v1 reads) for a world."""
+    """Serve the athenahealth emulator (OAuth, FHIR R4, Bulk Data export, v1 reads) for a world,
+    and the Caspio emulator at /caspio (client sandbox-caspio-client / sandbox-caspio-secret)."""
     _load_world(world_dir)
+    from athena_pipeline.sandbox.caspio.faults import CaspioFaults
+    from athena_pipeline.sandbox.caspio.server import build_caspio_config
     from athena_pipeline.sandbox.server import build_config
     from athena_pipeline.sandbox.server import serve as serve_world
 
@@ -392,9 +458,20 @@ def serve(
         jwt_clients=jwt_clients,
         client_secrets=client_secrets,
     )
+    caspio_config = build_caspio_config(
+        latency_ms=caspio_latency,
+        rate_limit=caspio_rate_limit,
+        burst=caspio_burst,
+        monthly_allowance=caspio_allowance,
+        over_allowance=caspio_over_allowance,
+        token_lifetime=caspio_token_lifetime,
+        stale_token_400=caspio_stale_token_400,
+    )
+    CaspioFaults(caspio_faults)  # a bad spec is a one-line error now, not at the first request
     log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     try:
-        serve_world(world_dir, host=host, port=port, faults=faults, config=config, log_level=log_level)
+        serve_world(world_dir, host=host, port=port, faults=faults, config=config, log_level=log_level,
+                    caspio_config=caspio_config, caspio_faults=caspio_faults)
     except KeyboardInterrupt:  # Ctrl-C is how a foreground server is meant to stop
         click.echo("emulator stopped", err=True)
 
@@ -582,6 +659,67 @@ def extract_dataview_command(tables: tuple[str, ...], start: dt.datetime | None,
     elapsed = time.perf_counter() - t0
     click.echo(f"copied {len(results)} table(s), {total:,} rows fetched in {elapsed:.1f} s "
                f"({total / elapsed if elapsed > 0 else 0:,.0f} rows/s)")
+
+
+# --- publish: marts into Caspio ----------------------------------------------------------------------
+
+
+@main.command("publish")
+@click.option("--tables", "tables", multiple=True, metavar="MART[,MART...]",
+              help="Marts to publish (repeatable or comma-separated).  [default: every mart]")
+@click.option("--dry-run", is_flag=True, help="Print the plan per table (inserts, updates, deletes, calls); "
+              "write nothing, to Caspio or the warehouse.")
+@click.option("--reconcile", is_flag=True, help="Read each table back from Caspio and repair drift "
+              "(rows edited, deleted or added by hand).")
+@click.option("--force", is_flag=True, help="Publish even when the plan needs more calls than CASPIO_CALL_BUDGET.")
+@_extract_errors
+def publish_command(tables: tuple[str, ...], dry_run: bool, reconcile: bool, force: bool) -> None:
+    """Publish the marts into Caspio: keyed diff sync, only what changed is written.
+
+    Reads CASPIO_* and WAREHOUSE_PATH (see `athena-pipeline settings`). Patient-level marts are
+    published only with CASPIO_PUBLISH_PATIENT_LEVEL=true.
+    """
+    _quiet_http_logs()
+    from athena_pipeline.caspio.publish import client_for, publish, total_calls, warehouse_factory
+
+    settings = settings_mod.Settings.from_env()
+    log = logging.getLogger("athena_pipeline.publish")
+    with client_for(settings, force=force) as client:
+        results = publish(warehouse_factory(settings), client, _split(tables) or None, settings=settings,
+                          dry_run=dry_run, reconcile=reconcile, force=force, on_progress=log.info)
+    click.echo(f"  {'table':<34}{'rows':>8}{'insert':>8}{'update':>8}{'delete':>8}{'same':>8}"
+               f"{'calls' if not dry_run else 'plan':>8}  status")
+    for r in results:
+        if r.status == "skipped":
+            click.echo(f"  {r.table:<34}{'-':>8}{'':>40}  skipped: {r.message}")
+            continue
+        calls = r.planned_calls if dry_run else r.calls
+        note = r.status + (f" (reconcile: {r.reconcile_reason})" if r.reconciled else "")
+        if r.drift and any(r.drift.values()):
+            note += "; drift fixed: " + ", ".join(f"{n} {k}" for k, n in r.drift.items() if n)
+        click.echo(f"  {r.table:<34}{r.rows:>8,}{r.inserted:>8,}{r.updated:>8,}{r.deleted:>8,}{r.unchanged:>8,}"
+                   f"{calls:>8,}  {note}")
+    if dry_run:
+        planned = total_calls([r.plan for r in results if r.plan is not None])
+        verdict = "within" if planned <= settings.caspio_call_budget else "OVER (use --force)"
+        click.echo(f"dry run: {planned:,} Caspio call(s) planned (token included), {verdict} the budget of "
+                   f"{settings.caspio_call_budget:,}; nothing written")
+    else:
+        click.echo(f"published {sum(r.status in ('published', 'unchanged') for r in results)} table(s): "
+                   f"{sum(r.writes for r in results):,} write(s), {sum(r.calls for r in results):,} call(s)")
+
+
+# --- events: webhook receiver, subscriptions as code, sandbox delivery (athena_pipeline/events/cli.py)
+from athena_pipeline.events.cli import events_group, subscriptions_group, webhook_group
+
+main.add_command(webhook_group)
+main.add_command(subscriptions_group)
+sandbox.add_command(events_group)
+
+# --- demo: the whole pipeline once on the sandbox (athena_pipeline/demo.py; `make demo`)
+from athena_pipeline.demo import demo_command  # noqa: E402
+
+main.add_command(demo_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

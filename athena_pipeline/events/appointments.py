@@ -310,8 +310,11 @@ def existing_hashes(caspio: CaspioClient, table: str, keys: Sequence[str]) -> di
     """``appointment_id -> row_hash`` of the rows Caspio holds among ``keys`` (URI-sized IN lists)."""
     if not keys:
         return {}
-    prefix = len(f"{caspio.v3}/tables/{table}/records?q.select={KEY},{HASH_FIELD}"
-                 "&q.orderBy=PK_ID&q.pageSize=1000&q.pageNumber=99&q.where=")
+    # Measure the prefix as httpx will send it (the comma in q.select goes out as %2C); the
+    # q.where value is measured encoded by in_clauses. pageNumber gets 4 digits of headroom.
+    url = httpx.URL(f"{caspio.v3}/tables/{table}/records", params={
+        "q.select": f"{KEY},{HASH_FIELD}", "q.orderBy": "PK_ID", "q.pageSize": "1000", "q.pageNumber": "9999"})
+    prefix = len(str(url)) + len("&q.where=")
     out: dict[str, str | None] = {}
     for clause in in_clauses(KEY, list(keys), MAX_URI, prefix_length=prefix):
         for page in caspio.iter_records(table, select=[KEY, HASH_FIELD], where=clause,

@@ -206,3 +206,19 @@ def test_ids_that_are_not_appointment_ids_are_ignored(env: Env) -> None:
     result = sync_appointments([*ids, "", "abc", None, ids[0]], env.athena, env.caspio)
     assert (result.requested, result.invalid_ids, result.inserted) == (2, 3, 2)
     assert sync_appointments([], env.athena, env.caspio).written == 0
+
+
+def test_a_busy_day_of_appointment_ids_reads_caspio_within_the_uri_limit(env: Env) -> None:
+    """A day can bring over a thousand appointment events: the read-back of stored hashes splits
+    its IN-lists so every request stays under Caspio's 2047-character URI limit (a 414 otherwise)."""
+    from athena_pipeline.caspio.specs import ensure_table
+    from athena_pipeline.events.appointments import appointment_table_spec, existing_hashes
+
+    spec = appointment_table_spec("ap_")
+    ensure_table(env.caspio, spec)
+    stored = live_ids(env.world, 3)
+    sync_appointments(stored, env.athena, env.caspio)
+    many = [str(9_000_000 + i) for i in range(1500)] + stored
+    hashes = existing_hashes(env.caspio, appointments_table_name("ap_"), many)
+    assert set(hashes) == set(stored)
+    assert all(len(h or "") > 0 for h in hashes.values())
