@@ -125,13 +125,17 @@ class MartInfo:
     contains_phi: bool
     grain: tuple[str, ...]
     doc: MartDoc
+    #: ``meta.caspio_publish_last``: published after every other mart (``mart_status``, whose
+    #: "data as of" must not move ahead of the tables it describes).
+    publish_last: bool = False
 
 
 def mart_catalog(marts_dir: Path | str | None = None) -> dict[str, MartInfo]:
     """Every model under the dbt marts folder (``*.sql``), with its YAML docs, sorted by name.
 
     ``meta.contains_phi: true`` marks a patient-level mart (published only when
-    ``CASPIO_PUBLISH_PATIENT_LEVEL`` is true).
+    ``CASPIO_PUBLISH_PATIENT_LEVEL`` is true); ``meta.caspio_publish_last: true`` sorts a mart after
+    all the others.
     """
     folder = Path(marts_dir) if marts_dir is not None else DEFAULT_MARTS_DIR
     docs: dict[str, MartDoc] = {}
@@ -142,11 +146,13 @@ def mart_catalog(marts_dir: Path | str | None = None) -> dict[str, MartInfo]:
             log.warning("dbt YAML %s cannot be read (%s); its marts have no grain and are skipped",
                         path.name, type(exc).__name__)
     names = sorted({p.stem for p in folder.rglob("*.sql")})
-    out = {}
+    infos = []
     for name in names:
         doc = docs.get(name) or MartDoc(name)
-        out[name] = MartInfo(name, bool((doc.meta or {}).get("contains_phi")), tuple(doc.grain), doc)
-    return out
+        meta = doc.meta or {}
+        infos.append(MartInfo(name, bool(meta.get("contains_phi")), tuple(doc.grain), doc,
+                              publish_last=bool(meta.get("caspio_publish_last"))))
+    return {i.name: i for i in sorted(infos, key=lambda i: (i.publish_last, i.name))}
 
 
 def select_marts(catalog: Mapping[str, MartInfo], wanted: Sequence[str] | None) -> list[MartInfo]:

@@ -8,7 +8,9 @@ unique ``row_key``. Why these choices:
   when a value exceeds Caspio's 32-bit range); DECIMAL
   money columns (named ``*_amount``, ``*_charges``, ``*_balance``, ``*_write_offs``... and not a
   rate) ``CURRENCY``; other numbers ``NUMBER``; DATE/TIMESTAMP ``DATE/TIME``; BOOLEAN ``YES/NO``.
-  A column's dbt ``meta.caspio_type`` overrides the rule.
+  A column's dbt ``meta.caspio_type`` overrides the rule; ``meta.caspio_publish: false`` keeps a
+  column out of Caspio (``as_of_date``: one value per table, published once in ``mart_status``
+  instead of on every row, which would rewrite every row every day).
 - **Names** obey Caspio's field rules (letters, digits, ``_``; a letter first; at most 32
   characters; no SQL Server reserved word; ``PK_ID`` is Caspio's). A name that must be shortened
   keeps a short hash of the original so two long columns never collide.
@@ -402,6 +404,8 @@ def table_spec_for_mart(con: duckdb.DuckDBPyConnection, mart: str,
                                     "Written by athena-pipeline; do not edit.")]
     for column, dtype in columns:
         cdoc = doc.columns.get(column) or ColumnDoc()
+        if not _publishes(cdoc, mart, column):
+            continue
         declared = cdoc.meta.get("caspio_type")
         if declared is not None:
             ctype = str(declared).upper()
@@ -418,6 +422,16 @@ def table_spec_for_mart(con: duckdb.DuckDBPyConnection, mart: str,
                                 description=cdoc.description, source=column))
     return TableSpec(caspio_table_name(prefix, mart), key, tuple(fields), mart=mart, grain=doc.grain,
                      description=doc.description, meta=dict(doc.meta))
+
+
+def _publishes(cdoc: ColumnDoc, mart: str, column: str) -> bool:
+    """False for a column whose dbt ``meta.caspio_publish`` is false: it stays in the warehouse
+    but is not a Caspio field (e.g. ``as_of_date``, the same on every row and new every day: as a
+    field it would make each nightly publish rewrite every row)."""
+    flag = cdoc.meta.get("caspio_publish", True)
+    if not isinstance(flag, bool):
+        raise ValueError(f"mart {mart}.{column}: meta.caspio_publish must be true or false, got {flag!r}")
+    return flag
 
 
 def duckdb_to_caspio_or_none(duckdb_type: str) -> str | None:

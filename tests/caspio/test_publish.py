@@ -262,6 +262,44 @@ def test_two_percent_changed_costs_about_one_call_per_changed_row(caspio, settin
     assert_caspio_equals_mart(caspio, settings, marts_dir, "denials_by_payer_month")
 
 
+MART_STATUS = """CREATE OR REPLACE TABLE marts.mart_status AS
+SELECT 'ar_aging' AS mart, 'revenue_cycle' AS subject_area, max(as_of_date) AS as_of_date,
+       CAST(NULL AS DATE) AS measurement_period_start, CAST(NULL AS DATE) AS measurement_period_end,
+       count(*) AS row_count FROM marts.ar_aging
+UNION ALL
+SELECT 'denials_by_payer_month', 'denials', max(as_of_date), NULL, NULL, count(*) FROM marts.denials_by_payer_month"""
+
+
+def test_a_new_day_with_the_same_numbers_rewrites_only_the_status_rows(caspio, settings):
+    """With the repository's own mart YAML: as_of_date is the same on every row and new every day, so
+    it is published once per table (mart_status, last) and never per row: a nightly run whose
+    numbers did not move costs the two status rows, not a rewrite of every table."""
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute(MART_STATUS)
+    first = run(settings, None)
+    published = [r.mart for r in first if r.status == "published"]
+    assert published == ["ar_aging", "denials_by_payer_month", "mart_status"], "status last, after the data"
+    fields = {f["Name"] for f in httpx.get(
+        f"{caspio.base_url}/integrations/rest/v3/tables/{by_table(first)['ar_aging'].table}/fields",
+        headers=token(caspio)).json()["Result"]}
+    assert "as_of_date" not in fields and "open_balance" in fields
+    status = {r["mart"]: r for r in caspio_rows(caspio, by_table(first)["mart_status"].table)}
+    assert status["ar_aging"]["as_of_date"].startswith("2026-11-23") and status["ar_aging"]["row_count"] == 110
+
+    with duckdb.connect(str(settings.warehouse_path)) as con:  # the next night: a new as_of_date, same numbers
+        for mart in ("ar_aging", "denials_by_payer_month"):
+            con.execute(f"UPDATE marts.{mart} SET as_of_date = as_of_date + 1")
+        con.execute(MART_STATUS)
+    before = stats(caspio)
+    second = by_table(run(settings, None))
+    calls = calls_since(caspio, before)
+    assert (second["ar_aging"].status, second["denials_by_payer_month"].status) == ("unchanged", "unchanged")
+    assert second["mart_status"].updated == 2
+    assert calls == {PUT: 2, "POST /oauth/token": 1}, "two status rows and a token, nothing else"
+    status = {r["mart"]: r for r in caspio_rows(caspio, second["mart_status"].table)}
+    assert status["denials_by_payer_month"]["as_of_date"].startswith("2026-11-24")
+
+
 def test_rows_gone_from_the_mart_are_deleted_in_caspio(caspio, settings, marts_dir):
     run(settings, marts_dir)
     with duckdb.connect(str(settings.warehouse_path)) as con:

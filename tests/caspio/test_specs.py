@@ -24,6 +24,7 @@ from athena_pipeline.caspio import (
     table_spec_for_mart,
 )
 from athena_pipeline.caspio.specs import (
+    ColumnDoc,
     MartDoc,
     caspio_name,
     caspio_table_name,
@@ -189,6 +190,19 @@ def test_table_spec_for_mart_takes_types_from_data_and_docs_from_yaml(warehouse,
     assert spec.column_map["select"] == "select_"
 
 
+def test_a_column_marked_caspio_publish_false_stays_out_of_caspio(warehouse):
+    """A column the same on every row and new every day (as_of_date) would rewrite every Caspio row
+    nightly; ``meta.caspio_publish: false`` keeps it in the warehouse and out of the table."""
+    warehouse.execute("CREATE TABLE marts.daily AS SELECT * FROM (VALUES (1, DATE '2026-11-24', 5)) t(k, as_of_date, n)")
+    cols = {"as_of_date": ColumnDoc("The as-of date.", {"caspio_publish": False})}
+    spec = table_spec_for_mart(warehouse, "daily", {"daily": MartDoc("daily", grain=("k",), columns=cols)}, "ap_")
+    assert [f.name for f in spec.fields] == ["row_key", "k", "n"]
+    assert "as_of_date" not in [d[0] for d in warehouse.execute(spec.source_sql()).description]
+    cols = {"as_of_date": ColumnDoc(None, {"caspio_publish": "no"})}
+    with pytest.raises(ValueError, match=r"daily\.as_of_date: meta.caspio_publish must be true or false"):
+        table_spec_for_mart(warehouse, "daily", {"daily": MartDoc("daily", grain=("k",), columns=cols)}, "ap_")
+
+
 def test_integers_beyond_32_bits_become_number(warehouse):
     warehouse.execute("CREATE TABLE marts.big AS SELECT * FROM (VALUES (1, 5, 3000000000)) t(k, small, big)")
     spec = table_spec_for_mart(warehouse, "big", {"big": MartDoc("big", grain=("k",))}, "ap_")
@@ -222,6 +236,11 @@ def test_the_repository_marts_are_documented_with_a_grain():
         assert doc.grain, f"mart {name} declares no grain (meta.grain)"
         assert set(doc.grain) <= set(doc.columns), f"mart {name}: grain columns are not documented"
         assert doc.description
+        # a value that changes every day on every row would make each nightly publish rewrite the
+        # whole table: as_of_date is published once per table (mart_status), never per row
+        if name != "mart_status" and "as_of_date" in doc.columns:
+            assert doc.columns["as_of_date"].meta.get("caspio_publish") is False, name
+            assert "as_of_date" not in doc.grain, name
 
 
 def test_docs_can_come_from_a_dbt_manifest(tmp_path, warehouse):

@@ -19,6 +19,8 @@ unless the ``caspio`` resource allows them (``CASPIO_PUBLISH_PATIENT_LEVEL=true`
 """
 
 
+from collections.abc import Sequence
+
 import dagster as dg
 import httpx
 from pydantic import Field
@@ -76,14 +78,15 @@ def _failure(what: str, exc: Exception) -> dg.Failure:
                       metadata={"error_type": type(exc).__name__}, allow_retries=False)
 
 
-def build_publish_asset(info: MartInfo) -> dg.AssetsDefinition:
-    """The ``caspio/<mart>`` asset of one mart."""
+def build_publish_asset(info: MartInfo, others: Sequence[str] = ()) -> dg.AssetsDefinition:
+    """The ``caspio/<mart>`` asset of one mart; ``others``: the marts it is published after
+    (``meta.caspio_publish_last``: ``mart_status`` waits for every other table)."""
     key = caspio_key(info.name)
     phi = " Patient-level (PHI): published only when CASPIO_PUBLISH_PATIENT_LEVEL=true." if info.contains_phi else ""
 
     @dg.asset(
         key=key,
-        deps=[mart_key(info.name)],
+        deps=[mart_key(info.name), *(caspio_key(m) for m in others)],
         group_name=GROUP,
         kinds={"caspio"},
         owners=OWNERS,
@@ -161,7 +164,18 @@ def build_publish_check(info: MartInfo) -> dg.AssetChecksDefinition:
 
 
 CATALOG = mart_catalog()
-PUBLISH_ASSETS = [build_publish_asset(info) for info in CATALOG.values()]
+
+
+def published_before(info: MartInfo, catalog: dict[str, MartInfo]) -> list[str]:
+    """The marts whose Caspio asset ``info``'s waits for: for a ``publish_last`` mart, every other
+    mart except patient-level ones (those materialize nothing unless PHI publishing is on, and a
+    missing upstream output would make Dagster skip the status table every night)."""
+    if not info.publish_last:
+        return []
+    return [m.name for m in catalog.values() if not m.publish_last and not m.contains_phi]
+
+
+PUBLISH_ASSETS = [build_publish_asset(info, published_before(info, CATALOG)) for info in CATALOG.values()]
 PUBLISH_CHECKS = [build_publish_check(info) for info in CATALOG.values()]
 publish_job = dg.define_asset_job(
     "publish_job", selection=dg.AssetSelection.groups(GROUP),
