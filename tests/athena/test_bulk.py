@@ -547,6 +547,30 @@ def test_paged_manifest_relative_urls_and_files_without_token(tmp_path):
     assert not any("sig" in t or "abc" in t for t in templates)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_the_streaming_tally_counts_lines_and_spots_a_cut_last_line(chunk):
+    """What the download decides without reading the file again, whatever the chunking."""
+    from athena_pipeline.athena.bulk import _LineTally
+
+    def tally(body: bytes) -> _LineTally:
+        t = _LineTally()
+        for i in range(0, len(body), chunk):
+            t.add(body[i:i + chunk])
+        return t
+
+    whole = b'{"resourceType":"Patient","id":"1"}\n{"resourceType":"Patient","id":"2"}\n'
+    assert (tally(whole).lines, tally(whole).last_line_complete()) == (2, True)
+    unterminated = whole.rstrip(b"\n")
+    assert (tally(unterminated).lines, tally(unterminated).last_line_complete()) == (2, True)
+    cut = whole[:-10]  # cut inside the last line: the same line count, but not whole
+    assert (tally(cut).lines, tally(cut).last_line_complete()) == (2, False)
+    at_boundary = whole[: whole.index(b"\n") + 1]  # one line short: the count tells
+    assert (tally(at_boundary).lines, tally(at_boundary).last_line_complete()) == (1, True)
+    blank = whole + b"\n"  # a blank line counts here, so the count differs and the full check runs
+    assert tally(blank).lines == 3
+    assert tally(b"").lines == 0
+
+
 def test_check_ndjson_spots_bad_lines(tmp_path):
     good = tmp_path / "good.ndjson"
     good.write_text('{"resourceType":"Patient","id":"1"}\n\n{"id":"2","resourceType":"Patient"}')
