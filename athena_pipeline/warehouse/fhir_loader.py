@@ -58,6 +58,22 @@ How a load works, and why:
   rows are written only by the first successful load of an export).
 * **Counts are verified** against ``export.json``: lines read per file (quarantined lines count as
   read) must equal the manifest ``count``; a mismatch is reported in the result, not raised.
+
+Where a first load's time goes (1.79M resources, 1.6 GB, one thread, CPU-s; the benchmark is
+``benchmarks/bench_fhir_load.py``): DuckDB's own copy of the files into one zstd JSON table costs
+2.9; split into one table per type in one transaction, as the raw layer must be, 3.5-3.9. On top
+of that the load pays the key parse (``json_extract_string`` parses every line a second time:
+~1.2), the key and provenance columns (~0.6, of which the FHIR-id check's regex 0.23 and the
+``lastUpdated`` cast 0.15) and the settle step (~0.4): ~6.6 in all. Measured and rejected:
+reading raw lines with ``read_csv`` and parsing once saves ~0.5 only if ``resource`` becomes
+VARCHAR (a VARCHAR to JSON cast is a full validating parse again), and that reader fails the whole
+load on a line with invalid UTF-8, or skips it and shifts every later line number; slicing the keys
+out of the text with string functions or a regex costs more than the parse (DuckDB's string
+functions scan the whole 1-3 KB text to check its UTF-8); one scan per file instead of runs took
+~1.7x the CPU on Observation (small scans' row groups are merged and compressed at the end). An
+``id`` column stored with zstd (not the default dictionary) and row groups written as they fill
+(``write_buffer_row_group_count``) took ~0.4 CPU-s and ~60 MiB off. So a first load stays ~2x the
+one-table copy in CPU, and on two cores its wall time cannot reach 1.5x of it either.
 """
 
 from __future__ import annotations
@@ -347,9 +363,12 @@ def _reader(path_param: str = "?") -> str:
 
 _RAW_COLUMNS = "id, last_updated, resource, export_id, source_file, source_line, loaded_at"
 # Resource JSON compresses well with zstd: ~2.5x less CPU to write than DuckDB's default string
-# compression (dictionary/FSST), which would dominate the load, and ~10x smaller. Key columns keep the default.
-_RAW_DDL = """id VARCHAR, last_updated TIMESTAMPTZ, resource JSON USING COMPRESSION zstd, export_id VARCHAR,
-    source_file VARCHAR, source_line BIGINT, loaded_at TIMESTAMPTZ"""
+# compression (dictionary/FSST), which would dominate the load, and ~10x smaller. The id column too:
+# ids are all distinct, so the default's dictionary analysis is wasted work (0.37 vs 0.18 CPU-s for
+# 1.8M ids) and zstd stores them smaller. The other columns keep the default (constant or nearly so:
+# measured no cheaper under any other compression).
+_RAW_DDL = """id VARCHAR USING COMPRESSION zstd, last_updated TIMESTAMPTZ, resource JSON USING COMPRESSION zstd,
+    export_id VARCHAR, source_file VARCHAR, source_line BIGINT, loaded_at TIMESTAMPTZ"""
 _RAW_SHAPE = ["id VARCHAR", "last_updated TIMESTAMP WITH TIME ZONE", "resource JSON", "export_id VARCHAR",
               "source_file VARCHAR", "source_line BIGINT", "loaded_at TIMESTAMP WITH TIME ZONE"]
 # One parse of each line yields the three keys (a list: resourceType, id, meta.lastUpdated).
@@ -464,6 +483,10 @@ _LOAD_SETTINGS = {
     # group of each insert) go straight into the database file, compressed, instead of through the
     # WAL first and a later checkpoint (measured ~0.5 s less for a 1.8M-resource first load).
     "checkpoint_threshold": "1MB",
+    # Write each full row group as soon as it fills, by the thread that filled it, instead of
+    # buffering five per scan: the buffered ones were compressed at COMMIT, on one thread, while
+    # they filled the memory limit (measured: ~0.4 CPU-s and ~60 MiB peak less for 1.8M resources).
+    "write_buffer_row_group_count": "1",
 }
 
 

@@ -24,6 +24,7 @@ import pytest
 from athena_pipeline.warehouse.audit import get_watermark
 from athena_pipeline.warehouse.connection import connect
 from athena_pipeline.warehouse.fhir_loader import (
+    _LOAD_SETTINGS,
     FhirExportError,
     landing_exports,
     load_fhir_directory,
@@ -34,6 +35,14 @@ from athena_pipeline.warehouse.fhir_loader import (
 SYNTHEA = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "synthea-10"
 TXN_TIME = "2026-11-23T23:59:59Z"
 REQUEST = "https://fhir.example/r4/Group/a-1.c-195900/$export?_type=Patient,Observation"
+
+
+# Session settings a load changes for its own statements; the caller's values must come back.
+SESSION_SETTINGS = [*_LOAD_SETTINGS, "disabled_optimizers"]
+
+
+def session_settings(con: duckdb.DuckDBPyConnection) -> dict[str, object]:
+    return {n: con.execute(f"SELECT current_setting('{n}')").fetchone()[0] for n in SESSION_SETTINGS}
 
 
 # --- building exports -------------------------------------------------------------------------
@@ -318,7 +327,7 @@ def test_a_raw_table_of_an_earlier_version_is_rebuilt_once_keeping_its_rows(tmp_
         con.execute("""INSERT INTO raw_fhir.patient VALUES
                        ('p1', '2026-01-01T00:00:00Z', '{"resourceType":"Patient","id":"p1"}', 'e0', 'P.ndjson', 1, now()),
                        ('p0', '2026-01-01T00:00:00Z', '{"resourceType":"Patient","id":"p0"}', 'e0', 'P.ndjson', 2, now())""")
-        before = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()
+        before = session_settings(con)
         result = load_fhir_export(con, export)
         assert (result.inserted, result.updated, result.types["Patient"].duplicates) == (1, 1, 1)
         assert rows(con, "SELECT id, resource->>'gender', export_id FROM raw_fhir.patient ORDER BY id") == [
@@ -326,7 +335,7 @@ def test_a_raw_table_of_an_earlier_version_is_rebuilt_once_keeping_its_rows(tmp_
         assert rows(con, """SELECT count(*) FROM duckdb_constraints() WHERE schema_name = 'raw_fhir'
                             AND constraint_type = 'PRIMARY KEY'""") == [(0,)]
         assert "COMPRESSION ZSTD" in rows(con, "SELECT sql FROM duckdb_tables() WHERE table_name = 'patient'")[0][0]
-        assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == before
+        assert session_settings(con) == before
 
 
 # --- malformed input --------------------------------------------------------------------------------
@@ -426,11 +435,12 @@ def test_a_failing_load_raises_its_own_error_and_rolls_back(tmp_path: Path, db: 
         con.execute("""CREATE TABLE raw_fhir.patient (id VARCHAR PRIMARY KEY, last_updated TIMESTAMPTZ,
                        resource INTEGER, export_id VARCHAR, source_file VARCHAR, source_line BIGINT,
                        loaded_at TIMESTAMPTZ)""")
+        before = session_settings(con)
         with pytest.raises(duckdb.ConversionException):
             load_fhir_export(con, export)
         # Rolled back, and the connection is usable with its settings as they were.
-        assert con.execute("SELECT current_setting('disabled_optimizers')").fetchone() == ("",)
-        assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
+        assert session_settings(con) == before
+        assert before["disabled_optimizers"] == "" and before["preserve_insertion_order"] is True
         assert con.execute("SELECT count(*) FROM raw_fhir.patient").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'meta'").fetchone() == (0,)
 
