@@ -1,12 +1,8 @@
 """Run the athenahealth emulator on a real socket: in the foreground (CLI) or in a thread (tests).
 
-Why we bind the socket ourselves instead of letting uvicorn do it: with ``port=0`` the OS
-picks a free port, and we must know it *before* serving to print it (CLI) or hand it to a
-test. The socket is listening before uvicorn starts, so a client that connects immediately
-is queued rather than refused.
-
-uvicorn's own access log is switched off: it prints full paths and query strings, which can
-carry patient ids. The emulator logs its own line per request with the route template.
+The socket is bound before uvicorn starts (so ``port=0`` gives a port we can print or hand to
+a test) and uvicorn's access log is off (it would print query strings that can carry patient
+ids): see ``athena_pipeline/sandbox/common/serving.py``, which the Caspio emulator shares.
 
 :func:`build_config` turns the ``sandbox serve`` options (open mode, extra OAuth clients, token
 and export knobs) into an :class:`EmulatorConfig`, so the CLI stays a thin layer over it.
@@ -19,19 +15,22 @@ with a Starlette ``Mount``: one port serves both APIs, and ``CASPIO_BASE_URL`` d
 from __future__ import annotations
 
 import logging
-import socket
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Self
 
 import uvicorn
 from starlette.routing import Mount, Router
 
 from athena_pipeline.sandbox.caspio.app import create_caspio_app
 from athena_pipeline.sandbox.caspio.config import CaspioConfig
+from athena_pipeline.sandbox.common.serving import (
+    BackgroundServer,
+    bind_socket,
+    server_url,
+    start_in_thread,
+)
 from athena_pipeline.sandbox.emulator.app import Emulator, create_app
 from athena_pipeline.sandbox.emulator.config import ClientConfig, EmulatorConfig
 from athena_pipeline.sandbox.emulator.faults import FaultInjector
@@ -103,26 +102,13 @@ def build_config(base: EmulatorConfig | None = None, *, open_mode: bool = False,
     return replace(config, **changes) if changes else config
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(256)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _base_url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-    if ":" in shown and not shown.startswith("["):
-        shown = f"[{shown}]"
-    return f"http://{shown}:{port}"
-
-
 @dataclass
-class RunningServer:
-    """An emulator serving on loopback in a background thread (see :func:`run_in_thread`)."""
+class RunningServer(BackgroundServer):
+    """An emulator serving on loopback in a background thread (see :func:`run_in_thread`).
+
+    ``stop()`` (also on leaving a ``with`` block) stops serving and deletes this emulator's
+    export files: its jobs die with it.
+    """
 
     base_url: str
     emulator: Emulator
@@ -146,18 +132,9 @@ class RunningServer:
     def config(self) -> EmulatorConfig:
         return self.emulator.config
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving and delete this emulator's export files (its jobs die with it)."""
-        self._server.should_exit = True
-        self._thread.join(timeout)
+    def _release(self) -> None:
         self.emulator.events.stop()
         self.emulator.exporter.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def run_in_thread(world_dir: Path | str, *, host: str = "127.0.0.1", port: int = 0,
@@ -166,22 +143,11 @@ def run_in_thread(world_dir: Path | str, *, host: str = "127.0.0.1", port: int =
                   start_timeout: float = 10.0) -> RunningServer:
     """Start the emulator for ``world_dir`` in a daemon thread; returns once it serves."""
     app = create_app(world_dir, config, faults)
-    sock = _bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-        timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="athena-emulator", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the athenahealth emulator did not start")
-        time.sleep(0.01)
+    server, thread, bound = start_in_thread(
+        app, host=host, port=port, label="athenahealth emulator", thread_name="athena-emulator",
+        start_timeout=start_timeout)
     app.state.emulator.events.start()  # webhook delivery runs beside the server, never in a request
-    return RunningServer(base_url=_base_url(host, sock.getsockname()[1]),
+    return RunningServer(base_url=server_url(host, bound),
                          emulator=app.state.emulator, _server=server, _thread=thread)
 
 
@@ -201,8 +167,8 @@ def serve(world_dir: Path, host: str = "127.0.0.1", port: int = 0, faults: str |
     caspio_app = create_caspio_app(world.root, caspio_config, caspio_faults)
     caspio = caspio_app.state.caspio
     combined = Router(routes=[Mount("/caspio", app=caspio_app), Mount("", app=app)])
-    sock = _bind(host, port)
-    base = _base_url(host, sock.getsockname()[1])
+    sock = bind_socket(host, port)
+    base = server_url(host, sock.getsockname()[1])
     client = config.clients[0] if config.clients else None
     if not logging.getLogger().handlers:
         logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),

@@ -590,6 +590,8 @@ def test_no_secret_token_or_patient_name_leaks(start_emulator, fhir_world, tmp_p
         clients=(ClientConfig(CLIENT_ID, secret=secret),),
         faults="bearer_expired=1,poll_transient=1,truncate=1,file_429=1,poll_500=1")
     caplog.set_level(logging.DEBUG)
+    # httpx's own request lines too: a CLI test run earlier in this process may have quieted them
+    caplog.set_level(logging.DEBUG, logger="httpx")
     texts: list[str] = []
     config = bulk_config(server, tmp_path, client_secret=secret)
     result = run_export(config)

@@ -44,7 +44,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from athena_pipeline.sandbox.caspio.auth import TokenService
 from athena_pipeline.sandbox.caspio.config import CaspioConfig, apply_knobs, config_snapshot
@@ -60,6 +60,13 @@ from athena_pipeline.sandbox.caspio.where import (
     parse_order_by,
     parse_select,
     parse_where,
+)
+from athena_pipeline.sandbox.common.asgi import (
+    FaultControl,
+    RequestObserver,
+    control_error,
+    read_json_object,
+    read_token_form,
 )
 
 log = logging.getLogger("athena_pipeline.sandbox.caspio")
@@ -124,8 +131,13 @@ def _int_param(params: dict[str, str], name: str, display: str) -> int | None:
         raise bad_query(f"{display} must be an integer.") from None
 
 
-class CaspioEmulator:
-    """All state of one emulated Caspio account, and its request handlers."""
+class CaspioEmulator(FaultControl):
+    """All state of one emulated Caspio account, and its request handlers.
+
+    ``faults_get``/``faults_post`` (``/_emulator/faults``) come from :class:`FaultControl`.
+    """
+
+    faults: CaspioFaults
 
     def __init__(self, state_dir: Path | str, config: CaspioConfig | None = None,
                  faults: CaspioFaults | str | None = None) -> None:
@@ -236,13 +248,9 @@ class CaspioEmulator:
         if fault is not None:
             return error_response(request.scope, CaspioApiError(
                 int(fault.arg or 500), "InternalError", "Token service unavailable (emulated fault)."))
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("application/x-www-form-urlencoded"):
-            return JSONResponse({"error": "invalid_request",
-                                 "error_description": "Use application/x-www-form-urlencoded."},
-                                status_code=400)
-        form = await request.form()
-        data = {k: v for k, v in form.items() if isinstance(v, str)}
+        data = await read_token_form(request)
+        if isinstance(data, Response):
+            return data
         outcome = self.tokens.token_request(data, request.headers.get("authorization"))
         if outcome.client_id:
             request.scope[_CLIENT] = outcome.client_id
@@ -543,41 +551,14 @@ class CaspioEmulator:
     async def stats_get(self, request: Request) -> Response:
         return JSONResponse(self.stats_snapshot())
 
-    async def faults_get(self, request: Request) -> Response:
-        return JSONResponse(self.faults.snapshot())
-
-    async def faults_post(self, request: Request) -> Response:
-        try:
-            body = json.loads(await request.body() or b"{}")
-            if not isinstance(body, dict):
-                raise TypeError("body must be a JSON object")
-            if body.get("clear"):
-                self.faults.clear()
-            if body.get("seed") is not None:
-                self.faults.reseed(int(body["seed"]))
-            if body.get("spec"):
-                self.faults.configure(str(body["spec"]))
-            for name, f in (body.get("faults") or {}).items():
-                if f is None:
-                    self.faults.clear(name)
-                    continue
-                self.faults.set(name, f.get("count"), probability=f.get("probability"),
-                                arg=f.get("arg"))
-        except (ValueError, TypeError, AttributeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(self.faults.snapshot())
-
     async def config_get(self, request: Request) -> Response:
         return JSONResponse(config_snapshot(self.config))
 
     async def config_post(self, request: Request) -> Response:
         try:
-            body = json.loads(await request.body() or b"{}")
-            if not isinstance(body, dict):
-                raise TypeError("body must be a JSON object")
-            self.config = apply_knobs(self.config, body)
+            self.config = apply_knobs(self.config, await read_json_object(request))
         except (ValueError, TypeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return control_error(exc)
         return JSONResponse(config_snapshot(self.config))
 
     async def views_define(self, request: Request) -> Response:
@@ -666,53 +647,33 @@ def _rest_routes(emu: CaspioEmulator, prefix: str) -> list[BaseRoute]:
     ]
 
 
-class _Observe:
+class _Observe(RequestObserver):
     """Pure-ASGI middleware: request id header, the 414 check, counters, one log line."""
 
-    def __init__(self, app: ASGIApp, emulator: CaspioEmulator, routes: list[BaseRoute]) -> None:
-        self.app = app
-        self.emulator = emulator
-        self.routes = routes
+    log: logging.Logger = log  # this module's logger, not the shared module's
+    emulator: CaspioEmulator
 
-    def _template(self, scope: Scope) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                return getattr(route, "path", "<route>")
-        return "<unmatched>"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
+    def request_id(self, scope: Scope) -> str:
         rid = str(uuid.uuid4())
-        scope[_RID] = rid
-        path = route_path(scope)
-        template = self._template(scope)
-        status = 500
+        scope[_RID] = rid  # error bodies carry it as RequestId
+        return rid
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                raw = list(message.get("headers", []))
-                raw.append((REQUEST_ID_HEADER.lower().encode("latin-1"), rid.encode("latin-1")))
-                message = {**message, "headers": raw}
-            await send(message)
+    def response_headers(self, scope: Scope, rid: str) -> list[tuple[bytes, bytes]]:
+        return [(REQUEST_ID_HEADER.lower().encode("latin-1"), rid.encode("latin-1"))]
 
-        try:
-            if _uri_length(scope) > self.emulator.config.max_uri_length:
-                exc = CaspioApiError(414, "RequestUriTooLong", "The request URI is longer than "
-                                     f"{self.emulator.config.max_uri_length} characters.")
-                await error_response(scope, exc)(scope, receive, send_wrapper)
-            else:
-                await self.app(scope, receive, send_wrapper)
-        finally:
-            if not path.startswith("/_emulator"):
-                self.emulator.stats.record(scope["method"], template, status)
-            log.info("%s %s %s %.1fms", scope["method"], template, status,
-                     (time.perf_counter() - started) * 1000)
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _uri_length(scope) > self.emulator.config.max_uri_length:
+            exc = CaspioApiError(414, "RequestUriTooLong", "The request URI is longer than "
+                                 f"{self.emulator.config.max_uri_length} characters.")
+            await error_response(scope, exc)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def finished(self, scope: Scope, template: str, status: int, elapsed_ms: float,
+                 rid: str) -> None:
+        if not route_path(scope).startswith("/_emulator"):
+            self.emulator.stats.record(scope["method"], template, status)
+        super().finished(scope, template, status, elapsed_ms, rid)
 
 
 def _uri_length(scope: Scope) -> int:

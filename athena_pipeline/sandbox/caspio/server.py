@@ -9,10 +9,8 @@ start it here instead, mounted at the same ``/caspio`` path so ``base_url`` has 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -21,6 +19,7 @@ from starlette.routing import Mount
 from athena_pipeline.sandbox.caspio.app import CaspioEmulator, create_caspio_app
 from athena_pipeline.sandbox.caspio.config import CaspioClientConfig, CaspioConfig
 from athena_pipeline.sandbox.caspio.faults import CaspioFaults
+from athena_pipeline.sandbox.common.serving import BackgroundServer, server_url, start_in_thread
 
 MOUNT_PATH = "/caspio"
 
@@ -68,8 +67,11 @@ def mounted(app: Starlette) -> Starlette:
 
 
 @dataclass
-class RunningCaspio:
-    """A Caspio emulator serving on loopback in a background thread."""
+class RunningCaspio(BackgroundServer):
+    """A Caspio emulator serving on loopback in a background thread.
+
+    ``stop()`` (also on leaving a ``with`` block) stops serving and closes the state file.
+    """
 
     base_url: str  # e.g. http://127.0.0.1:PORT/caspio, the shape of CASPIO_BASE_URL
     emulator: CaspioEmulator
@@ -96,39 +98,17 @@ class RunningCaspio:
     def config(self) -> CaspioConfig:
         return self.emulator.config
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout)
+    def _release(self) -> None:
         self.emulator.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def run_caspio_in_thread(state_dir: Path | str, config: CaspioConfig | None = None, *,
                          faults: CaspioFaults | str | None = None, host: str = "127.0.0.1",
                          port: int = 0, start_timeout: float = 10.0) -> RunningCaspio:
     """Start the Caspio emulator (state in ``state_dir/caspio.sqlite``) in a daemon thread."""
-    from athena_pipeline.sandbox.server import _base_url, _bind
-
     app = mounted(create_caspio_app(state_dir, config, faults))
-    sock = _bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_config=None, log_level="warning", access_log=False, lifespan="off",
-        timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="caspio-emulator", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            app.state.caspio.close()
-            raise RuntimeError("the Caspio emulator did not start")
-        time.sleep(0.01)
-    base = _base_url(host, sock.getsockname()[1]) + MOUNT_PATH
-    return RunningCaspio(base_url=base, emulator=app.state.caspio, _server=server, _thread=thread)
+    server, thread, bound = start_in_thread(
+        app, host=host, port=port, label="Caspio emulator", thread_name="caspio-emulator",
+        start_timeout=start_timeout, on_failure=app.state.caspio.close)
+    return RunningCaspio(base_url=server_url(host, bound) + MOUNT_PATH, emulator=app.state.caspio,
+                         _server=server, _thread=thread)

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import re
-import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
@@ -49,9 +48,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
 
+from athena_pipeline.sandbox.common.asgi import (
+    FaultControl,
+    RequestObserver,
+    read_token_form,
+)
 from athena_pipeline.sandbox.emulator.auth import (
     ANONYMOUS,
     AccessToken,
@@ -212,8 +216,13 @@ def _strip_reference(value: str, rtype: str) -> str:
 
 
 # --- the emulator ----------------------------------------------------------------------------
-class Emulator:
-    """All state of one emulator instance and its request handlers."""
+class Emulator(FaultControl):
+    """All state of one emulator instance and its request handlers.
+
+    ``faults_get``/``faults_post`` (``/_emulator/faults``) come from :class:`FaultControl`.
+    """
+
+    faults: FaultInjector
 
     def __init__(self, world_dir: Path, config: EmulatorConfig, faults: FaultInjector) -> None:
         self.world_dir = Path(world_dir)
@@ -304,13 +313,9 @@ class Emulator:
     async def token(self, request: Request) -> Response:
         if (resp := await self.gate(request, "token")) is not None:
             return resp
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("application/x-www-form-urlencoded"):
-            return JSONResponse({"error": "invalid_request",
-                                 "error_description": "Use application/x-www-form-urlencoded."},
-                                status_code=400)
-        form = await request.form()
-        data = {k: v for k, v in form.items() if isinstance(v, str)}
+        data = await read_token_form(request)
+        if isinstance(data, Response):
+            return data
         outcome = self.tokens.token_request(data, request.headers.get("authorization"),
                                             self.base_url(request) + request.url.path)
         request.scope[_CLIENT_KEY] = outcome.client_id
@@ -692,35 +697,6 @@ class Emulator:
         return StreamingResponse(body(), headers=headers, media_type=NDJSON)
 
     # --- runtime control -------------------------------------------------------------------------
-    async def faults_get(self, request: Request) -> Response:
-        return JSONResponse(self.faults.snapshot())
-
-    async def faults_post(self, request: Request) -> Response:
-        try:
-            body = json.loads(await request.body() or b"{}")
-            if not isinstance(body, dict):
-                raise TypeError("body must be a JSON object")
-            if body.get("clear"):
-                self.faults.clear()
-            if body.get("seed") is not None:
-                self.faults.reseed(int(body["seed"]))
-            if body.get("retry_after") is not None or body.get("retry_after_seconds") is not None:
-                self.faults.set_retry_after(
-                    form=body.get("retry_after"),
-                    seconds=None if body.get("retry_after_seconds") is None
-                    else int(body["retry_after_seconds"]))
-            if body.get("spec"):
-                self.faults.configure(str(body["spec"]))
-            for name, f in (body.get("faults") or {}).items():
-                if f is None:
-                    self.faults.clear(name)
-                    continue
-                self.faults.set(name, f.get("count"), probability=f.get("probability"),
-                                arg=f.get("arg"))
-        except (ValueError, TypeError, AttributeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(self.faults.snapshot())
-
     async def reset(self, request: Request) -> Response:
         """Disarm all faults and zero the fired counters and quota counters."""
         self.faults.reset()
@@ -755,52 +731,40 @@ def _unavailable(handler):
 
 
 # --- middleware ----------------------------------------------------------------------------------
-class _Observe:
+class _Observe(RequestObserver):
     """Pure-ASGI middleware: request id, quota headers, one log line per request."""
 
-    def __init__(self, app: ASGIApp, emulator: Emulator, routes: list[BaseRoute]) -> None:
-        self.app = app
-        self.emulator = emulator
-        self.routes = routes
+    log: logging.Logger = log  # this module's logger, not the shared module's
+    emulator: Emulator
 
-    def _template(self, scope: Scope) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                return getattr(route, "path", "<route>")
-        return "<unmatched>"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        template = self._template(scope)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = headers.get("x-request-id", "")
+    def request_id(self, scope: Scope) -> str:
+        """The caller's ``X-Request-Id`` when it is a sane token, else a fresh UUID."""
+        rid = _request_header(scope, "x-request-id") or ""
         if not re.fullmatch(r"[A-Za-z0-9._:\-]{1,128}", rid):
             rid = str(uuid.uuid4())
-        status = 500
+        return rid
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                client = (scope.get(_CLIENT_KEY)
-                          or self.emulator.tokens.client_of(headers.get("authorization"))
-                          or ANONYMOUS)
-                extra = self.emulator.meter.headers(client)
-                extra["X-Request-Id"] = rid
-                raw = list(message.get("headers", []))
-                raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-                message = {**message, "headers": raw}
-            await send(message)
+    def response_headers(self, scope: Scope, rid: str) -> list[tuple[bytes, bytes]]:
+        client = (scope.get(_CLIENT_KEY)
+                  or self.emulator.tokens.client_of(_request_header(scope, "authorization"))
+                  or ANONYMOUS)
+        extra = self.emulator.meter.headers(client)
+        extra["X-Request-Id"] = rid
+        return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            log.info("%s %s %s %.1fms", scope["method"], template, status,
-                     (time.perf_counter() - started) * 1000, extra={"request_id": rid})
+    def finished(self, scope: Scope, template: str, status: int, elapsed_ms: float,
+                 rid: str) -> None:
+        self.log.info("%s %s %s %.1fms", scope["method"], template, status, elapsed_ms,
+                      extra={"request_id": rid})
+
+
+def _request_header(scope: Scope, name: str) -> str | None:
+    """The value of request header ``name`` (lower case); the last one wins when repeated."""
+    found = None
+    for k, v in scope["headers"]:
+        if k.decode("latin-1").lower() == name:
+            found = v.decode("latin-1")
+    return found
 
 
 def create_app(world_dir: Path | str, config: EmulatorConfig | None = None,

@@ -50,14 +50,17 @@ from __future__ import annotations
 
 import email.utils
 import math
-import random
-import threading
-from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from athena_pipeline.sandbox.common.faults import Fault, FaultCatalogue, FaultRegistry
+
+__all__ = ["FAULTS", "FAULTS_HELP", "REQUEST_CLASSES", "RETRY_AFTER_FORMS", "Fault",
+           "FaultInjector"]
 
 REQUEST_CLASSES: tuple[str, ...] = ("token", "kickoff", "poll", "file", "fhir")
 
 #: name -> (default argument, one-line description)
-FAULTS: dict[str, tuple[float | None, str]] = {
+FAULTS: FaultCatalogue = {
     "token_429": (None, "token request answered 429 + Retry-After"),
     "kickoff_429": (None, "kick-off answered 429 + Retry-After"),
     "poll_429": (None, "status poll answered 429 + Retry-After"),
@@ -85,76 +88,17 @@ FAULTS_HELP = (
 )
 
 
-@dataclass
-class Fault:
-    """One armed fault. Exactly one of ``remaining`` (count mode) or ``probability`` is set."""
+class FaultInjector(FaultRegistry):
+    """Thread-safe registry of armed faults, shared by the app and by tests at runtime.
 
-    name: str
-    remaining: int | None = None
-    probability: float | None = None
-    arg: float | None = None
+    The machinery is :class:`~athena_pipeline.sandbox.common.faults.FaultRegistry`; this adds
+    the ``retry_after`` and ``retry_after_seconds`` settings and :meth:`retry_after`. Errors in
+    settings items keep their own message; only bad fault items are named.
+    """
 
-
-class FaultInjector:
-    """Thread-safe registry of armed faults, shared by the app and by tests at runtime."""
-
-    def __init__(self, spec: str | None = None, *, seed: int = 0) -> None:
-        self._lock = threading.Lock()
-        self._faults: dict[str, Fault] = {}
-        self._fired: dict[str, int] = {}
-        self.seed = seed
-        self._rng = random.Random(seed)
-        self.retry_after_form = "seconds"
-        self.retry_after_seconds = 1
-        if spec:
-            self.configure(spec)
-
-    # --- arming --------------------------------------------------------------------------
-    def set(self, name: str, count: int | None = None, *, probability: float | None = None,
-            arg: float | None = None) -> None:
-        """Arm ``name`` for the next ``count`` requests (default 1) or with ``probability``."""
-        if name not in FAULTS:
-            raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
-        if probability is not None and count is not None:
-            raise ValueError("give either count or probability, not both")
-        if probability is not None and not 0.0 <= probability <= 1.0:
-            raise ValueError("probability must be within 0..1")
-        if probability is None and count is None:
-            count = 1
-        if count is not None and count < 0:
-            raise ValueError("count must be >= 0")
-        default_arg = FAULTS[name][0]
-        with self._lock:
-            self._faults[name] = Fault(name, remaining=count, probability=probability,
-                                       arg=default_arg if arg is None else float(arg))
-
-    def configure(self, spec: str) -> None:
-        """Apply a ``--faults`` spec string (see the module docstring)."""
-        for item in (s.strip() for s in spec.split(",")):
-            if not item:
-                continue
-            name, _, value = item.partition("=")
-            name, value = name.strip(), value.strip()
-            if name == "retry_after":
-                self.set_retry_after(form=value)
-            elif name == "retry_after_seconds":
-                self.set_retry_after(seconds=int(value))
-            elif name == "seed":
-                self.reseed(int(value))
-            else:
-                mode, _, arg = value.partition(":")
-                arg_value = float(arg) if arg else None
-                try:
-                    if not mode:
-                        self.set(name, 1, arg=arg_value)
-                    elif mode.startswith("p"):
-                        self.set(name, probability=float(mode[1:]), arg=arg_value)
-                    elif mode.endswith("%"):
-                        self.set(name, probability=float(mode[:-1]) / 100, arg=arg_value)
-                    else:
-                        self.set(name, int(mode), arg=arg_value)
-                except ValueError as exc:
-                    raise ValueError(f"bad fault item {item!r}: {exc}") from None
+    catalogue: ClassVar[FaultCatalogue] = FAULTS
+    retry_after_form: str
+    retry_after_seconds: int
 
     def set_retry_after(self, *, form: str | None = None, seconds: int | None = None) -> None:
         if form is not None:
@@ -166,67 +110,32 @@ class FaultInjector:
                 raise ValueError("retry_after_seconds must be >= 0")
             self.retry_after_seconds = seconds
 
-    def reseed(self, seed: int) -> None:
-        with self._lock:
-            self.seed = seed
-            self._rng = random.Random(seed)
+    # --- settings hooks ----------------------------------------------------------------------
+    def _apply_setting(self, name: str, value: str) -> bool:
+        if name == "retry_after":
+            self.set_retry_after(form=value)
+        elif name == "retry_after_seconds":
+            self.set_retry_after(seconds=int(value))
+        else:
+            return super()._apply_setting(name, value)
+        return True
 
-    def clear(self, name: str | None = None) -> None:
-        """Disarm one fault, or all of them (fired counters are kept)."""
-        with self._lock:
-            if name is None:
-                self._faults.clear()
-            else:
-                self._faults.pop(name, None)
+    def _apply_control_settings(self, body: dict[str, Any]) -> None:
+        if body.get("retry_after") is not None or body.get("retry_after_seconds") is not None:
+            self.set_retry_after(
+                form=body.get("retry_after"),
+                seconds=None if body.get("retry_after_seconds") is None
+                else int(body["retry_after_seconds"]))
 
-    def reset(self) -> None:
-        """Disarm everything, zero the fired counters, restore settings and the RNG seed."""
-        with self._lock:
-            self._faults.clear()
-            self._fired.clear()
-            self._rng = random.Random(self.seed)
-            self.retry_after_form = "seconds"
-            self.retry_after_seconds = 1
+    def _reset_settings(self) -> None:
+        self.retry_after_form = "seconds"
+        self.retry_after_seconds = 1
 
-    # --- firing --------------------------------------------------------------------------
-    def take(self, name: str) -> Fault | None:
-        """Decide whether ``name`` fires for this request; if so count it and return it."""
-        with self._lock:
-            fault = self._faults.get(name)
-            if fault is None:
-                return None
-            if fault.probability is not None:
-                if self._rng.random() >= fault.probability:
-                    return None
-            else:
-                if not fault.remaining:
-                    return None
-                fault.remaining -= 1
-            self._fired[name] = self._fired.get(name, 0) + 1
-            return Fault(fault.name, fault.remaining, fault.probability, fault.arg)
+    def _settings_snapshot(self) -> dict[str, Any]:
+        return {"retry_after": self.retry_after_form,
+                "retry_after_seconds": self.retry_after_seconds}
 
-    def fired(self, name: str) -> int:
-        with self._lock:
-            return self._fired.get(name, 0)
-
-    def remaining(self, name: str) -> int | None:
-        """Count left in count mode; None when not armed or in probability mode."""
-        with self._lock:
-            f = self._faults.get(name)
-            return None if f is None else f.remaining
-
-    def snapshot(self) -> dict:
-        """JSON-able view: armed faults, fired counters and settings."""
-        with self._lock:
-            return {
-                "faults": {n: asdict(f) for n, f in sorted(self._faults.items())},
-                "fired": dict(sorted(self._fired.items())),
-                "retry_after": self.retry_after_form,
-                "retry_after_seconds": self.retry_after_seconds,
-                "seed": self.seed,
-            }
-
-    # --- Retry-After -----------------------------------------------------------------------
+    # --- Retry-After -------------------------------------------------------------------------
     def retry_after(self, seconds: float, now: float) -> str:
         """A Retry-After value meaning "in ``seconds``", in the configured form.
 
