@@ -25,14 +25,23 @@ from typing import Any, TypeVar
 import click
 
 from athena_pipeline import settings as settings_mod
+from athena_pipeline.cli_options import (
+    CASPIO_CONFIG_KEYWORDS,
+    DATE,
+    athena_emulator_options,
+    caspio_emulator_options,
+    flag,
+    from_env,
+    names,
+    override,
+    practice_id_option,
+    world_option,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-_DATE = click.DateTime(formats=["%Y-%m-%d"])
-
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is *now* (click's test runner swaps it per call)."""
@@ -74,59 +83,6 @@ def _clean_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class _FaultsOption(click.Option):
-    """``--faults``, whose help lists the emulator's fault names, read only when help is shown
-    (so every other invocation skips the import)."""
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        try:
-            from athena_pipeline.sandbox.emulator.faults import FAULTS_HELP
-        except ImportError:
-            pass
-        else:
-            self.help = FAULTS_HELP
-        return super().get_help_record(ctx)
-
-
-def _assignments(param: click.Parameter, values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
-    """``("ID=VALUE", ...)`` as (id, value) pairs; a malformed item is a usage error."""
-    pairs = []
-    for item in values:
-        client_id, sep, value = item.partition("=")
-        if not sep or not client_id.strip() or not value.strip():
-            raise click.BadParameter(f"{item!r} is not CLIENT_ID={what}", param=param)
-        pairs.append((client_id.strip(), value.strip()))
-    return pairs
-
-
-def _parse_jwt_clients(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
-    """``--jwt-client ID=PATH`` -> {client id: public keys}, read and checked now so a bad key
-    file is a one-line usage error naming the file, not a failure at the first token request."""
-    pairs = _assignments(param, values, "PATH")
-    if not pairs:
-        return {}
-    from athena_pipeline.sandbox.emulator.auth import load_public_keys
-
-    clients: dict[str, tuple] = {}
-    for client_id, path in pairs:
-        try:
-            keys = load_public_keys(Path(path).expanduser())
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(str(exc), param=param) from None
-        clients[client_id] = clients.get(client_id, ()) + keys
-    return clients
-
-
-def _parse_client_secrets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
-    """``--client-secret ID=SECRET`` -> {client id: secret}; one secret per client."""
-    secrets: dict[str, str] = {}
-    for client_id, secret in _assignments(param, values, "SECRET"):
-        if secrets.get(client_id, secret) != secret:
-            raise click.BadParameter(f"two different secrets for client {client_id!r}", param=param)
-        secrets[client_id] = secret
-    return secrets
-
-
 def _load_world(world_dir: Path) -> Any:
     """The world at ``world_dir``; FileNotFoundError (-> clean CLI error) when there is none."""
     from athena_pipeline.sandbox.world import World
@@ -165,12 +121,6 @@ def count_facts(facts_path: Path) -> dict[str, int]:
 # --- the command tree ----------------------------------------------------------------------
 
 
-def _world_option(flag: str, dest: str, help_text: str) -> Callable[[F], F]:
-    """The world directory option every sandbox command takes (defaults to SANDBOX_WORLD)."""
-    return click.option(flag, dest, type=click.Path(file_okay=False, path_type=Path), envvar="SANDBOX_WORLD",
-                        show_envvar=True, default=settings_mod.SANDBOX_WORLD, show_default=True, help=help_text)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="athena-pipeline")
 @click.option(
@@ -199,32 +149,15 @@ def sandbox() -> None:
 
 
 @sandbox.command()
-@_world_option("--out", "out_dir", "World directory to create.")
-@click.option(
-    "--seed", type=int, default=42, show_default=True, help="Random seed; same options => same world."
-)
-@click.option(
-    "--providers", type=click.IntRange(min=1), default=15, show_default=True, help="Rendering providers."
-)
-@click.option(
-    "--patients",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Patients in the panel.  [default: 1,650 per provider]",
-)
-@click.option(
-    "--start", type=_DATE, default=None, help="First simulated day.  [default: END - 3 years + 1 day]"
-)
-@click.option("--end", type=_DATE, default=None, help="Last simulated day.  [default: yesterday]")
-@click.option(
-    "--practice-id",
-    type=int,
-    envvar="ATHENA_PRACTICE_ID",
-    show_envvar=True,
-    default=settings_mod.SANDBOX_PRACTICE_ID,
-    show_default=True,
-    help="athenaOne practice id (CONTEXTID) of the synthetic practice.",
-)
+@world_option("--out", "out_dir", "World directory to create.")
+@click.option("--seed", type=int, default=42, show_default=True,
+              help="Random seed; same options => same world.")
+@click.option("--providers", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Rendering providers.")
+@override("--patients", click.IntRange(min=1), "Patients in the panel.  [default: 1,650 per provider]")
+@override("--start", DATE, "First simulated day.  [default: END - 3 years + 1 day]")
+@override("--end", DATE, "Last simulated day.  [default: yesterday]")
+@practice_id_option
 @_clean_errors
 def generate(
     out_dir: Path,
@@ -268,176 +201,15 @@ def generate(
 
 
 @sandbox.command()
-@_world_option("--world", "world_dir", "World directory to serve (made by `sandbox generate`).")
+@world_option("--world", "world_dir", "World directory to serve (made by `sandbox generate`).")
 @click.option("--host", default=settings_mod.SANDBOX_HOST, show_default=True, help="Interface to bind.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    envvar="SANDBOX_PORT",
-    show_envvar=True,
-    default=settings_mod.SANDBOX_PORT,
-    show_default=True,
-    help="TCP port; 0 picks a free one.",
-)
-@click.option(
-    "--faults",
-    cls=_FaultsOption,
-    default=None,
-    metavar="SPEC",
-    help="Fault injection spec; see athena_pipeline/sandbox/emulator/faults.py.",
-)
-@click.option(
-    "--open",
-    "open_mode",
-    is_flag=True,
-    help="Open mode: no bearer token needed anywhere (tokens sent anyway are accepted), bulk "
-    "manifests say requiresAccessToken: false. For Bulk Data clients run without auth.",
-)
-@click.option(
-    "--jwt-client",
-    "jwt_clients",
-    multiple=True,
-    metavar="CLIENT_ID=PATH",
-    callback=_parse_jwt_clients,
-    help="Register a SMART Backend Services (private_key_jwt) client whose public key(s) are in "
-    'PATH: a PEM public key or a JWKS JSON file ({"keys": [...]}). Repeatable.',
-)
-@click.option(
-    "--client-secret",
-    "client_secrets",
-    multiple=True,
-    metavar="CLIENT_ID=SECRET",
-    callback=_parse_client_secrets,
-    help="Register an extra client_secret_basic/_post client. Repeatable.",
-)
-@click.option(
-    "--environment",
-    type=click.Choice(["production", "preview"]),
-    default=None,
-    help="athenahealth environment to emulate; sets the token rate limit (50/min production, "
-    "5/min preview).  [default: production]",
-)
-@click.option(
-    "--token-lifetime",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="SECONDS",
-    help="Access token lifetime (expires_in).  [default: 3600]",
-)
-@click.option(
-    "--expires-in-string",
-    is_flag=True,
-    help="Send expires_in as a JSON string, as athena's newer platform sometimes does.",
-)
-@click.option(
-    "--resources-per-file",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Most resources per bulk export NDJSON file; a type spans several files.  [default: 10000]",
-)
-@click.option(
-    "--file-expiry",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="SECONDS",
-    help="Bulk export files (and the job) expire this long after the export completes, then "
-    "answer 404.  [default: 3600]",
-)
-@click.option(
-    "--export-delay",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="SECONDS",
-    help="A bulk export reports in progress (202) for at least this long.  [default: 2]",
-)
-@click.option(
-    "--per-second-limit",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="API calls per second per client; more get 429 with Retry-After: 1.  [default: off]",
-)
-@click.option(
-    "--caspio-latency",
-    type=click.FloatRange(min=0),
-    default=None,
-    metavar="MS",
-    help="Caspio emulator: every REST call waits this long (real Caspio: ~300).  [default: 0]",
-)
-@click.option(
-    "--caspio-rate-limit",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="N",
-    help="Caspio emulator: REST calls per second per client; more get 429.  [default: off]",
-)
-@click.option(
-    "--caspio-burst",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Caspio emulator: calls allowed at once by the rate limit.  [default: the rate, rounded up]",
-)
-@click.option(
-    "--caspio-allowance",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="Caspio emulator: monthly call allowance (period 27th-26th, Pacific).  [default: 500000]",
-)
-@click.option(
-    "--caspio-over-allowance",
-    type=click.Choice(["count", "throttle"]),
-    default=None,
-    help="Caspio emulator: calls over the allowance are counted as overage, or answered 429.  "
-    "[default: count]",
-)
-@click.option(
-    "--caspio-token-lifetime",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="SECONDS",
-    help="Caspio emulator: access token lifetime (expires_in).  [default: 86399]",
-)
-@click.option(
-    "--caspio-stale-token-400",
-    is_flag=True,
-    help="Caspio emulator: answer an expired token with 400 IncorrectQueryParameter instead of 401 "
-    "(a quirk seen in the field).",
-)
-@click.option(
-    "--caspio-faults",
-    default=None,
-    metavar="SPEC",
-    help="Caspio emulator fault spec, e.g. throttle=p0.05,server_error=2:503,error_after_write=1; "
-    "see athena_pipeline/sandbox/caspio/faults.py.",
-)
+@from_env("--port", "SANDBOX_PORT", settings_mod.SANDBOX_PORT, "TCP port; 0 picks a free one.",
+          type=click.IntRange(0, 65535))
+@athena_emulator_options
+@caspio_emulator_options
 @_clean_errors
-def serve(
-    world_dir: Path,
-    host: str,
-    port: int,
-    faults: str | None,
-    open_mode: bool = False,
-    jwt_clients: dict | None = None,
-    client_secrets: dict | None = None,
-    environment: str | None = None,
-    token_lifetime: float | None = None,
-    expires_in_string: bool = False,
-    resources_per_file: int | None = None,
-    file_expiry: float | None = None,
-    export_delay: float | None = None,
-    per_second_limit: int | None = None,
-    caspio_latency: float | None = None,
-    caspio_rate_limit: float | None = None,
-    caspio_burst: int | None = None,
-    caspio_allowance: int | None = None,
-    caspio_over_allowance: str | None = None,
-    caspio_token_lifetime: float | None = None,
-    caspio_stale_token_400: bool = False,
-    caspio_faults: str | None = None,
-) -> None:
+def serve(world_dir: Path, host: str, port: int, faults: str | None, caspio_faults: str | None,
+          **emulator_options: Any) -> None:
     """Serve the athenahealth emulator (OAuth, FHIR R4, Bulk Data export, v1 reads) for a world,
     and the Caspio emulator at /caspio (client sandbox-caspio-client / sandbox-caspio-secret)."""
     _load_world(world_dir)
@@ -446,27 +218,11 @@ def serve(
     from athena_pipeline.sandbox.server import build_config
     from athena_pipeline.sandbox.server import serve as serve_world
 
-    config = build_config(
-        open_mode=open_mode,
-        environment=environment,
-        token_lifetime=token_lifetime,
-        expires_in_string=expires_in_string,
-        resources_per_file=resources_per_file,
-        file_expiry=file_expiry,
-        export_delay=export_delay,
-        per_second_limit=per_second_limit,
-        jwt_clients=jwt_clients,
-        client_secrets=client_secrets,
-    )
-    caspio_config = build_caspio_config(
-        latency_ms=caspio_latency,
-        rate_limit=caspio_rate_limit,
-        burst=caspio_burst,
-        monthly_allowance=caspio_allowance,
-        over_allowance=caspio_over_allowance,
-        token_lifetime=caspio_token_lifetime,
-        stale_token_400=caspio_stale_token_400,
-    )
+    # the --caspio-* options, renamed to build_caspio_config's keywords; the rest of the emulator
+    # options are named as build_config's keywords
+    caspio = {keyword: emulator_options.pop(name) for name, keyword in CASPIO_CONFIG_KEYWORDS.items()}
+    config = build_config(**emulator_options)
+    caspio_config = build_caspio_config(**caspio)
     CaspioFaults(caspio_faults)  # a bad spec is a one-line error now, not at the first request
     log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     try:
@@ -477,10 +233,9 @@ def serve(
 
 
 @sandbox.command()
-@_world_option("--world", "world_dir", "World directory to advance.")
-@click.option(
-    "--days", type=click.IntRange(min=1), required=True, help="Days to simulate past the world clock."
-)
+@world_option("--world", "world_dir", "World directory to advance.")
+@click.option("--days", type=click.IntRange(min=1), required=True,
+              help="Days to simulate past the world clock.")
 @_clean_errors
 def advance(world_dir: Path, days: int) -> None:
     """Move the world clock forward: new visits, claims and payments, then re-render."""
@@ -495,7 +250,7 @@ def advance(world_dir: Path, days: int) -> None:
 
 
 @sandbox.command()
-@_world_option("--world", "world_dir", "World directory to fingerprint.")
+@world_option("--world", "world_dir", "World directory to fingerprint.")
 @_clean_errors
 def fingerprint(world_dir: Path) -> None:
     """SHA-256 of every table's sorted rows (and of ground_truth.json): same seed and options, same lines."""
@@ -578,11 +333,12 @@ def extract() -> None:
 
 
 @extract.command("fhir")
-@click.option("--types", "types", multiple=True, metavar="TYPE[,TYPE...]",
-              help="Resource types to export (repeatable or comma-separated).  [default: all]")
-@click.option("--since", default=None, metavar="INSTANT",
-              help="_since instant, e.g. 2026-01-01T00:00:00Z.  [default: the watermark of the last load]")
-@click.option("--full", is_flag=True, help="Export everything, ignoring the watermark.")
+@names("--types", "TYPE[,TYPE...]",
+       "Resource types to export (repeatable or comma-separated).  [default: all]")
+@override("--since", None,
+          "_since instant, e.g. 2026-01-01T00:00:00Z.  [default: the watermark of the last load]",
+          metavar="INSTANT")
+@flag("--full", "Export everything, ignoring the watermark.")
 @_extract_errors
 def extract_fhir_command(types: tuple[str, ...], since: str | None, full: bool) -> None:
     """FHIR Bulk Data export into LANDING_DIR, then load into raw_fhir.
@@ -626,14 +382,12 @@ def extract_fhir_command(types: tuple[str, ...], since: str | None, full: bool) 
 
 
 @extract.command("dataview")
-@click.option("--tables", "tables", multiple=True, metavar="TABLE[,TABLE...]",
-              help="Data View tables to copy (repeatable or comma-separated).  [default: every catalogued table]")
-@click.option("--start", type=_DATE, default=None,
-              help="First day of LASTUPDATED to copy (midnight in PIPELINE_TIMEZONE).  "
-                   "[default: each table's watermark]")
-@click.option("--end", type=_DATE, default=None,
-              help="Day to stop at, exclusive: the window is [START, END).  [default: no end]")
-@click.option("--full-refresh", is_flag=True, help="Copy every row, whatever the watermark.")
+@names("--tables", "TABLE[,TABLE...]",
+       "Data View tables to copy (repeatable or comma-separated).  [default: every catalogued table]")
+@override("--start", DATE, "First day of LASTUPDATED to copy (midnight in PIPELINE_TIMEZONE).  "
+          "[default: each table's watermark]")
+@override("--end", DATE, "Day to stop at, exclusive: the window is [START, END).  [default: no end]")
+@flag("--full-refresh", "Copy every row, whatever the watermark.")
 @_extract_errors
 def extract_dataview_command(tables: tuple[str, ...], start: dt.datetime | None, end: dt.datetime | None,
                              full_refresh: bool) -> None:
@@ -665,13 +419,13 @@ def extract_dataview_command(tables: tuple[str, ...], start: dt.datetime | None,
 
 
 @main.command("publish")
-@click.option("--tables", "tables", multiple=True, metavar="MART[,MART...]",
-              help="Marts to publish (repeatable or comma-separated).  [default: every mart]")
-@click.option("--dry-run", is_flag=True, help="Print the plan per table (inserts, updates, deletes, calls); "
-              "write nothing, to Caspio or the warehouse.")
-@click.option("--reconcile", is_flag=True, help="Read each table back from Caspio and repair drift "
-              "(rows edited, deleted or added by hand).")
-@click.option("--force", is_flag=True, help="Publish even when the plan needs more calls than CASPIO_CALL_BUDGET.")
+@names("--tables", "MART[,MART...]",
+       "Marts to publish (repeatable or comma-separated).  [default: every mart]")
+@flag("--dry-run", "Print the plan per table (inserts, updates, deletes, calls); "
+      "write nothing, to Caspio or the warehouse.")
+@flag("--reconcile", "Read each table back from Caspio and repair drift "
+      "(rows edited, deleted or added by hand).")
+@flag("--force", "Publish even when the plan needs more calls than CASPIO_CALL_BUDGET.")
 @_extract_errors
 def publish_command(tables: tuple[str, ...], dry_run: bool, reconcile: bool, force: bool) -> None:
     """Publish the marts into Caspio: keyed diff sync, only what changed is written.
@@ -717,7 +471,7 @@ main.add_command(subscriptions_group)
 sandbox.add_command(events_group)
 
 # --- demo: the whole pipeline once on the sandbox (athena_pipeline/demo.py; `make demo`)
-from athena_pipeline.demo import demo_command  # noqa: E402
+from athena_pipeline.demo import demo_command
 
 main.add_command(demo_command)
 

@@ -16,7 +16,8 @@ reused until 60 s before it expires (half its lifetime for very short-lived toke
 means one fetch in flight: concurrent download threads that all need a token wait for the same
 fetch. ``expires_in`` may arrive as a string (athena's newer platform). A 401 from an API call
 invalidates the token that was used, only if it is still the cached one, so a burst of 401s
-on the same token causes a single refresh.
+on the same token causes a single refresh. The cache itself is
+:class:`athena_pipeline.oauth_token.TokenCache`, shared with the Caspio client.
 
 Secrets, assertions and tokens never appear in logs, exceptions or ``repr``.
 """
@@ -25,18 +26,18 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import quote_plus
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from athena_pipeline.http import ApiError, AuthError, HttpPolicy
+from athena_pipeline.http import HttpPolicy
+from athena_pipeline.oauth_token import REFRESH_MARGIN_SECONDS, TokenCache
 
 log = logging.getLogger("athena_pipeline.athena.auth")
 
@@ -44,10 +45,6 @@ AUTH_MODES = ("none", "client_secret", "private_key_jwt")
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: Lifetime of our client assertions; SMART caps it at 5 minutes, we stay clear of clock skew.
 ASSERTION_LIFETIME_SECONDS = 240
-#: Refresh this long before a token expires.
-REFRESH_MARGIN_SECONDS = 60.0
-#: Assumed lifetime when a token response has no (or a malformed) ``expires_in``.
-DEFAULT_TOKEN_LIFETIME_SECONDS = 300.0
 
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
@@ -65,8 +62,11 @@ class NoAuth:
         return "NoAuth()"
 
 
-class TokenAuth:
-    """Base of the client-credentials modes: token cache, single-flight refresh, 401 handling."""
+class TokenAuth(TokenCache):
+    """Base of the client-credentials modes: the token request's form and headers per mode.
+
+    The cache, single-flight refresh and 401 handling are :class:`TokenCache`'s.
+    """
 
     mode = "token"
 
@@ -77,70 +77,14 @@ class TokenAuth:
             raise ValueError("a token URL is required")
         if not client_id:
             raise ValueError("a client id is required")
-        self.token_url = token_url
-        self.client_id = client_id
+        super().__init__(token_url, client_id, policy=policy, clock=clock,
+                         refresh_margin=refresh_margin)
         self.scopes = scopes
-        self.policy = policy
-        self._clock = clock
-        self._margin = refresh_margin
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._refresh_at = 0.0
-        self.fetches = 0  # tokens fetched so far (for tests and metrics)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(client_id={self.client_id!r}, token_url={self.token_url!r})"
-
-    # --- Authenticator -----------------------------------------------------------------------
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token()}"}
-
-    def invalidate(self, used: Mapping[str, str]) -> None:
-        value = used.get("Authorization", "")
-        with self._lock:
-            if self._token is not None and value == f"Bearer {self._token}":
-                self._token = None
-
-    # --- the cache ---------------------------------------------------------------------------
-    def token(self) -> str:
-        """A valid access token, fetched (once, whatever the thread count) when needed."""
-        with self._lock:
-            if self._token is None or self._clock() >= self._refresh_at:
-                self._fetch()
-            assert self._token is not None
-            return self._token
-
-    def _fetch(self) -> None:
-        started = self._clock()
-        template = urlsplit(self.token_url).path or "/"
-        try:
-            response = self.policy.request(
-                "POST", self.token_url, path_template=template, data=self._form,
-                headers={"Accept": "application/json", **self._headers()})
-        except AuthError:
-            raise
-        except ApiError as exc:
-            if exc.transient:
-                raise
-            raise AuthError(str(exc), system=exc.system, method=exc.method, url=exc.url,
-                            path_template=exc.path_template, status=exc.status,
-                            detail=exc.detail, request_id=exc.request_id,
-                            transient=False) from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise AuthError(f"{self.policy.system} token endpoint {template} answered "
-                            f"{response.status_code} without an access_token",
-                            system=self.policy.system, method="POST", path_template=template,
-                            status=response.status_code, transient=False)
-        lifetime = _seconds(body.get("expires_in"))
-        margin = min(self._margin, lifetime / 2)
-        self._token = token
-        self._refresh_at = started + lifetime - margin
-        self.fetches += 1
+    def _renew(self) -> None:
+        # the form is a callable: a retried request gets a fresh JWT assertion
+        _, lifetime = self._request_token(
+            self._form, {"Accept": "application/json", **self._headers()})
         log.info("%s access token obtained (%s auth), valid %.0fs", self.policy.system,
                  self.mode, lifetime)
 
@@ -211,15 +155,6 @@ def _algorithm_for(key: object) -> str:
             return alg
         raise ValueError(f"unsupported EC curve {key.curve.name}; use P-384 (ES384)")
     raise ValueError("private_key_jwt needs an RSA or EC private key")
-
-
-def _seconds(value: object) -> float:
-    """``expires_in`` as seconds: an int, a float or a numeric string; a default otherwise."""
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return DEFAULT_TOKEN_LIFETIME_SECONDS
-    return seconds if seconds > 0 else DEFAULT_TOKEN_LIFETIME_SECONDS
 
 
 def build_authenticator(mode: str, *, policy: HttpPolicy, token_url: str | None = None,

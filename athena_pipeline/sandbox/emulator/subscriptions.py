@@ -303,6 +303,20 @@ def _delivery(row: tuple) -> Delivery:
     return Delivery(*values)
 
 
+def _equal_to(**filters: Any) -> tuple[str, list[Any]]:
+    """``" AND column = ?"`` per filter that is not None, and its parameters: the optional
+    filters of the list and replay queries, in the order given."""
+    given = {column: value for column, value in filters.items() if value is not None}
+    return "".join(f" AND {column} = ?" for column in given), list(given.values())
+
+
+#: What :meth:`EventStore._select` reads per table: columns, row parser, list order.
+_READS: dict[str, tuple[str, Callable[[tuple], Any], str]] = {
+    "subscriptions": (_SUB_COLS, _sub, "created_at, id"),
+    "deliveries": (_DELIVERY_COLS, _delivery, "id"),
+}
+
+
 # --- the store ------------------------------------------------------------------------------------
 class EventStore:
     """``<world>/subscriptions.sqlite``: subscriptions, recorded events, deliveries, knobs.
@@ -392,21 +406,18 @@ class EventStore:
              sub.status, json.dumps(sub.resource, separators=(",", ":")), sub.created_at,
              sub.end_at, sub.error]))
 
+    def _select(self, table: str, where: str, params: Sequence[Any]) -> list[Any]:
+        """Rows of ``table`` matching ``where`` (``" AND ..."`` clauses), parsed, in list order."""
+        columns, parse, order = _READS[table]
+        return [parse(r) for r in self._con().execute(
+            f"SELECT {columns} FROM {table} WHERE 1=1{where} ORDER BY {order}", params)]
+
     def get_subscription(self, sub_id: str) -> StoredSubscription | None:
-        row = self._con().execute(f"SELECT {_SUB_COLS} FROM subscriptions WHERE id = ?",
-                                  [sub_id]).fetchone()
-        return _sub(row) if row else None
+        return next(iter(self._select("subscriptions", " AND id = ?", [sub_id])), None)
 
     def list_subscriptions(self, client_id: str | None = None, status: str | None = None
                            ) -> list[StoredSubscription]:
-        sql, params = f"SELECT {_SUB_COLS} FROM subscriptions WHERE 1=1", []
-        if client_id is not None:
-            sql += " AND client_id = ?"
-            params.append(client_id)
-        if status is not None:
-            sql += " AND status = ?"
-            params.append(status)
-        return [_sub(r) for r in self._con().execute(sql + " ORDER BY created_at, id", params)]
+        return self._select("subscriptions", *_equal_to(client_id=client_id, status=status))
 
     def delete_subscription(self, sub_id: str) -> bool:
         def tx(con: sqlite3.Connection) -> bool:
@@ -501,41 +512,26 @@ class EventStore:
         return [d for d in map(_delivery, rows) if d.id not in skip][:limit]
 
     def get_delivery(self, delivery_id: int) -> Delivery | None:
-        row = self._con().execute(f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id = ?",
-                                  [delivery_id]).fetchone()
-        return _delivery(row) if row else None
+        return next(iter(self._select("deliveries", " AND id = ?", [delivery_id])), None)
 
     def deliveries(self, status: str | None = None, subscription_id: str | None = None
                    ) -> list[Delivery]:
-        sql, params = f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE 1=1", []
-        if status is not None:
-            sql += " AND status = ?"
-            params.append(status)
-        if subscription_id is not None:
-            sql += " AND subscription_id = ?"
-            params.append(subscription_id)
-        return [_delivery(r) for r in self._con().execute(sql + " ORDER BY id", params)]
+        return self._select("deliveries", *_equal_to(status=status, subscription_id=subscription_id))
 
     def record_attempt(self, delivery_id: int, *, ok: bool, outcome: str, now: float,
                        next_attempt_at: float | None) -> None:
         """Record one attempt: delivered, retry at ``next_attempt_at``, or dead (None)."""
-        def tx(con: sqlite3.Connection) -> None:
-            if ok:
-                con.execute("UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, "
-                            "first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, "
-                            "last_outcome = ?, delivered_at = ? WHERE id = ? AND status = 'pending'",
-                            [now, now, outcome, now, delivery_id])
-            elif next_attempt_at is None:
-                con.execute("UPDATE deliveries SET status = 'dead', attempts = attempts + 1, "
-                            "first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, "
-                            "last_outcome = ?, dead_at = ? WHERE id = ? AND status = 'pending'",
-                            [now, now, outcome, now, delivery_id])
-            else:
-                con.execute("UPDATE deliveries SET attempts = attempts + 1, "
-                            "first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, "
-                            "last_outcome = ?, next_attempt_at = ? WHERE id = ? AND status = 'pending'",
-                            [now, now, outcome, next_attempt_at, delivery_id])
-        self._tx(tx)
+        if ok:
+            new_status, column, value = "status = 'delivered', ", "delivered_at", now
+        elif next_attempt_at is None:
+            new_status, column, value = "status = 'dead', ", "dead_at", now
+        else:
+            new_status, column, value = "", "next_attempt_at", next_attempt_at
+        self._tx(lambda con: con.execute(
+            f"UPDATE deliveries SET {new_status}attempts = attempts + 1, "
+            "first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, "
+            f"last_outcome = ?, {column} = ? WHERE id = ? AND status = 'pending'",
+            [now, now, outcome, value, delivery_id]))
 
     def cancel_delivery(self, delivery_id: int) -> None:
         self._tx(lambda con: con.execute(
@@ -555,10 +551,8 @@ class EventStore:
                 return 0
             sql += f" AND id IN ({','.join('?' * len(id_list))})"
             params += id_list
-        if subscription_id is not None:
-            sql += " AND subscription_id = ?"
-            params.append(subscription_id)
-        return int(self._tx(lambda con: con.execute(sql, params).rowcount))
+        where, more = _equal_to(subscription_id=subscription_id)
+        return int(self._tx(lambda con: con.execute(sql + where, params + more).rowcount))
 
     def purge(self, now: float, retention: float, retry_window: float) -> int:
         """Forget dead letters and finished deliveries past retention, and events nobody can need."""
@@ -806,39 +800,35 @@ class SubscriptionApi:
                              "link": [{"relation": "self", "url": str(request.url)}],
                              "entry": entries}, media_type=FHIR_JSON)
 
-    async def _owned(self, request: Request, token) -> StoredSubscription | None:
+    async def _owned(self, request: Request, *, write: bool) -> StoredSubscription | Response:
+        """The caller's Subscription named in the path, or the answer that refuses it: an auth
+        error, or 404 when there is none or another client owns it (no hint that it exists)."""
+        token, resp = await self._auth(request, write=write)
+        if resp is not None:
+            return resp
         sub = await run_in_threadpool(self.store.get_subscription, request.path_params["id"])
         owner = self._owner(token)
         if sub is None or (owner is not None and sub.client_id != owner):
-            return None
+            return _outcome(404, "not-found", "No Subscription with that id.")
         return sub
 
     async def read(self, request: Request) -> Response:
-        token, resp = await self._auth(request, write=False)
-        if resp is not None:
-            return resp
-        sub = await self._owned(request, token)
-        if sub is None:
-            return _outcome(404, "not-found", "No Subscription with that id.")
+        sub = await self._owned(request, write=False)
+        if isinstance(sub, Response):
+            return sub
         return JSONResponse(sub.public_resource(), media_type=FHIR_JSON)
 
     async def delete(self, request: Request) -> Response:
-        token, resp = await self._auth(request, write=True)
-        if resp is not None:
-            return resp
-        sub = await self._owned(request, token)
-        if sub is None:
-            return _outcome(404, "not-found", "No Subscription with that id.")
+        sub = await self._owned(request, write=True)
+        if isinstance(sub, Response):
+            return sub
         await run_in_threadpool(self.store.delete_subscription, sub.id)
         return Response(status_code=204)
 
     async def status(self, request: Request) -> Response:
-        token, resp = await self._auth(request, write=False)
-        if resp is not None:
-            return resp
-        sub = await self._owned(request, token)
-        if sub is None:
-            return _outcome(404, "not-found", "No Subscription with that id.")
+        sub = await self._owned(request, write=False)
+        if isinstance(sub, Response):
+            return sub
         delivered = await run_in_threadpool(self.store.delivered_event_ids, sub.id)
         base = self._base(request)
         status = {"resourceType": "SubscriptionStatus", "status": sub.status, "type": "query-status",
