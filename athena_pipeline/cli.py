@@ -33,8 +33,11 @@ from athena_pipeline.cli_options import (
     flag,
     from_env,
     names,
+    one_line_errors,
     override,
     practice_id_option,
+    quiet_http_logs,
+    split_values,
     world_option,
 )
 
@@ -279,41 +282,6 @@ def _echo_summary(summary: dict[str, Any]) -> None:
 # --- extract: athenahealth into the warehouse -------------------------------------------------------
 
 
-def _extract_errors(func: F) -> F:
-    """Any failure of an extract command is one ``Error: ...`` line and exit code 1.
-
-    The clients' and loaders' messages carry path templates, counts and file names only (no ids,
-    no PHI, no secrets), so they are safe to show; the traceback is logged at DEBUG.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except Exception as exc:  # every failure becomes one clean line
-            logging.getLogger(__name__).debug("%s failed", func.__name__, exc_info=True)
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            if not isinstance(exc, (ValueError, FileNotFoundError, LookupError)):
-                text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-            raise click.ClickException(text or type(exc).__name__) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _quiet_http_logs() -> None:
-    """httpx logs every request URL at INFO; bulk file URLs may embed signed tokens."""
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("httpcore").setLevel(logging.WARNING)
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    """``("A,B", "C")`` -> ``["A", "B", "C"]``: repeatable options that also take comma lists."""
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
-
-
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -329,7 +297,7 @@ def extract() -> None:
     Reads the same environment variables as Dagster (ATHENA_*, DATAVIEW_*, WAREHOUSE_PATH,
     LANDING_DIR, ...; see `athena-pipeline settings`).
     """
-    _quiet_http_logs()
+    quiet_http_logs()
 
 
 @extract.command("fhir")
@@ -339,7 +307,7 @@ def extract() -> None:
           "_since instant, e.g. 2026-01-01T00:00:00Z.  [default: the watermark of the last load]",
           metavar="INSTANT")
 @flag("--full", "Export everything, ignoring the watermark.")
-@_extract_errors
+@one_line_errors
 def extract_fhir_command(types: tuple[str, ...], since: str | None, full: bool) -> None:
     """FHIR Bulk Data export into LANDING_DIR, then load into raw_fhir.
 
@@ -351,7 +319,7 @@ def extract_fhir_command(types: tuple[str, ...], since: str | None, full: bool) 
     from athena_pipeline.extract import extract_fhir
 
     settings = settings_mod.Settings.from_env()
-    result = extract_fhir(settings, types=_split(types) or None, since=since, full=full)
+    result = extract_fhir(settings, types=split_values(types) or None, since=since, full=full)
     e = result.export
     how = "reused (landed earlier, not loaded)" if e.resumed and not e.calls else (
         "resumed" if e.resumed else "new")
@@ -388,7 +356,7 @@ def extract_fhir_command(types: tuple[str, ...], since: str | None, full: bool) 
           "[default: each table's watermark]")
 @override("--end", DATE, "Day to stop at, exclusive: the window is [START, END).  [default: no end]")
 @flag("--full-refresh", "Copy every row, whatever the watermark.")
-@_extract_errors
+@one_line_errors
 def extract_dataview_command(tables: tuple[str, ...], start: dt.datetime | None, end: dt.datetime | None,
                              full_refresh: bool) -> None:
     """Copy Data View tables (Arrow batches) into raw_dataview, one transaction per table.
@@ -401,7 +369,7 @@ def extract_dataview_command(tables: tuple[str, ...], start: dt.datetime | None,
 
     settings = settings_mod.Settings.from_env()
     t0 = time.perf_counter()
-    results = extract_dataview(settings, tables=_split(tables) or None,
+    results = extract_dataview(settings, tables=split_values(tables) or None,
                                start=start.date() if start else None, end=end.date() if end else None,
                                full_refresh=full_refresh)
     click.echo(f"  {'table':<28}{'fetched':>9}{'inserted':>10}{'updated':>9}{'deleted':>9}{'rows/s':>10}  watermark")
@@ -426,20 +394,20 @@ def extract_dataview_command(tables: tuple[str, ...], start: dt.datetime | None,
 @flag("--reconcile", "Read each table back from Caspio and repair drift "
       "(rows edited, deleted or added by hand).")
 @flag("--force", "Publish even when the plan needs more calls than CASPIO_CALL_BUDGET.")
-@_extract_errors
+@one_line_errors
 def publish_command(tables: tuple[str, ...], dry_run: bool, reconcile: bool, force: bool) -> None:
     """Publish the marts into Caspio: keyed diff sync, only what changed is written.
 
     Reads CASPIO_* and WAREHOUSE_PATH (see `athena-pipeline settings`). Patient-level marts are
     published only with CASPIO_PUBLISH_PATIENT_LEVEL=true.
     """
-    _quiet_http_logs()
+    quiet_http_logs()
     from athena_pipeline.caspio.publish import client_for, publish, total_calls, warehouse_factory
 
     settings = settings_mod.Settings.from_env()
     log = logging.getLogger("athena_pipeline.publish")
     with client_for(settings, force=force) as client:
-        results = publish(warehouse_factory(settings), client, _split(tables) or None, settings=settings,
+        results = publish(warehouse_factory(settings), client, split_values(tables) or None, settings=settings,
                           dry_run=dry_run, reconcile=reconcile, force=force, on_progress=log.info)
     click.echo(f"  {'table':<34}{'rows':>8}{'insert':>8}{'update':>8}{'delete':>8}{'same':>8}"
                f"{'calls' if not dry_run else 'plan':>8}  status")

@@ -13,6 +13,8 @@ fault list is read only when help is shown, see :class:`FaultsOption`).
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,3 +221,41 @@ CASPIO_CONFIG_KEYWORDS = {
     "caspio_token_lifetime": "token_lifetime",
     "caspio_stale_token_400": "stale_token_400",
 }
+
+
+# --- behaviour every command shares -------------------------------------------------------------------
+def one_line_errors(func: F) -> F:
+    """Any failure of a command is one ``Error: ...`` line and exit code 1, never a traceback.
+
+    The clients', loaders' and publishers' messages carry path templates, counts and file names only
+    (no ids, no PHI, no secrets), so they are safe to show; the traceback is logged at DEBUG. A
+    ValueError, FileNotFoundError or LookupError speaks for itself; other exceptions are prefixed
+    with their type.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as exc:  # every failure becomes one clean line
+            logging.getLogger(func.__module__).debug("%s failed", func.__name__, exc_info=True)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if not isinstance(exc, (ValueError, FileNotFoundError, LookupError)):
+                text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            raise click.ClickException(text or type(exc).__name__) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def quiet_http_logs() -> None:
+    """httpx logs every request URL at INFO; bulk file URLs may embed signed tokens."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def split_values(values: tuple[str, ...]) -> list[str]:
+    """``("A,B", "C")`` -> ``["A", "B", "C"]``: repeatable options that also take comma lists."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]

@@ -12,7 +12,6 @@ never show a secret.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -22,37 +21,9 @@ from typing import Any, TypeVar
 import click
 
 from athena_pipeline import settings as settings_mod
+from athena_pipeline.cli_options import one_line_errors, quiet_http_logs, split_values
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _errors(func: F) -> F:
-    """Any failure becomes one ``Error: ...`` line; the traceback goes to the DEBUG log."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (click.ClickException, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            logging.getLogger(__name__).debug("%s failed", func.__name__, exc_info=True)
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            if not isinstance(exc, (ValueError, FileNotFoundError, LookupError)):
-                text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-            raise click.ClickException(text or type(exc).__name__) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _quiet_http() -> None:
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("httpcore").setLevel(logging.WARNING)
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
 # --- webhook ---------------------------------------------------------------------------------------
@@ -72,7 +43,7 @@ def webhook_group() -> None:
               default=None, help="Largest body accepted (413 above).  [default: 1048576]")
 @click.option("--fsync/--no-fsync", default=True, show_default=True,
               help="fsync every commit (survives power loss) or only write it (survives a killed process).")
-@_errors
+@one_line_errors
 def webhook_serve(host: str, port: int, inbox_path: Path | None, max_bytes: int | None, fsync: bool) -> None:
     """Serve POST /webhook (signed notifications -> inbox, committed before 2xx) and GET /health.
 
@@ -94,7 +65,7 @@ def webhook_serve(host: str, port: int, inbox_path: Path | None, max_bytes: int 
 @click.option("--inbox", "inbox_path", type=click.Path(dir_okay=False, path_type=Path),
               envvar="EVENTS_INBOX_PATH", show_envvar=True, default=None,
               help="Inbox SQLite file.  [default: data/events.sqlite]")
-@_errors
+@one_line_errors
 def webhook_stats(inbox_path: Path | None) -> None:
     """Print inbox counters as JSON (total, unprocessed by type, duplicates, last heartbeat)."""
     from athena_pipeline.events.inbox import Inbox
@@ -113,7 +84,7 @@ def subscriptions_group() -> None:
 
     Reads ATHENA_* (client, practice), ATHENA_EVENT_TOPICS, WEBHOOK_URL and WEBHOOK_SECRET.
     """
-    _quiet_http()
+    quiet_http_logs()
 
 
 def _echo_subs(subs: list[Any]) -> None:
@@ -127,13 +98,13 @@ def _echo_subs(subs: list[Any]) -> None:
 @click.option("--topics", "topics", multiple=True, metavar="TOPIC[,TOPIC...]",
               help="Topics or families.  [default: ATHENA_EVENT_TOPICS]")
 @click.option("--replace", is_flag=True, help="Recreate every Subscription (e.g. after rotating WEBHOOK_SECRET).")
-@_errors
+@one_line_errors
 def subscriptions_ensure(endpoint: str | None, topics: tuple[str, ...], replace: bool) -> None:
     """Create what is missing, replace what points elsewhere or failed, keep the rest. Idempotent."""
     from athena_pipeline.events.subscriptions import ensure_subscriptions
 
     settings = settings_mod.Settings.from_env()
-    result = ensure_subscriptions(settings, endpoint=endpoint, topics=_split(topics) or None, replace=replace)
+    result = ensure_subscriptions(settings, endpoint=endpoint, topics=split_values(topics) or None, replace=replace)
     for label, subs in (("created", result.created), ("replaced (old, deleted)", result.replaced),
                         ("deleted (topic no longer configured)", result.deleted)):
         if subs:
@@ -146,7 +117,7 @@ def subscriptions_ensure(endpoint: str | None, topics: tuple[str, ...], replace:
 
 @subscriptions_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_errors
+@one_line_errors
 def subscriptions_list(as_json: bool) -> None:
     """This client's Subscriptions for the practice."""
     from athena_pipeline.events.subscriptions import list_subscriptions
@@ -162,7 +133,7 @@ def subscriptions_list(as_json: bool) -> None:
 @subscriptions_group.command("delete")
 @click.argument("ids", nargs=-1)
 @click.option("--all", "delete_all", is_flag=True, help="Delete every Subscription to WEBHOOK_URL.")
-@_errors
+@one_line_errors
 def subscriptions_delete(ids: tuple[str, ...], delete_all: bool) -> None:
     """Delete Subscriptions by id, or all of ours (--all)."""
     if bool(ids) == delete_all:
@@ -201,7 +172,7 @@ def events_group() -> None:
 
 @events_group.command("status")
 @_world_option
-@_errors
+@one_line_errors
 def events_status(world_dir: Path) -> None:
     """Knobs, subscriptions, events and deliveries (pending, delivered, dead) as JSON."""
     from dataclasses import asdict
@@ -245,7 +216,7 @@ def _knob_options(func: F) -> F:
 @_world_option
 @_knob_options
 @click.option("--reset", is_flag=True, help="Back to the defaults (athena's timings, no faults).")
-@_errors
+@one_line_errors
 def events_config(world_dir: Path, reset: bool, **knobs: Any) -> None:
     """Change delivery knobs (only the ones given); prints the result."""
     from dataclasses import asdict
@@ -265,7 +236,7 @@ def events_config(world_dir: Path, reset: bool, **knobs: Any) -> None:
 @_world_option
 @click.option("--topic", default="Appointment.update", show_default=True, help="Topic of the events.")
 @click.option("--count", type=click.IntRange(1, 100_000), default=1, show_default=True)
-@_errors
+@one_line_errors
 def events_inject(world_dir: Path, topic: str, count: int) -> None:
     """Record synthetic events now (appointments: real ids of the world); the emulator delivers them."""
     from athena_pipeline.sandbox.emulator.delivery import DeliveryWorker
@@ -285,7 +256,7 @@ def events_inject(world_dir: Path, topic: str, count: int) -> None:
 @click.option("--subscription", default=None, metavar="ID", help="Only this Subscription's dead letters.")
 @click.option("--delivery", "deliveries", type=int, multiple=True, metavar="ID",
               help="Only these deliveries (repeatable).")
-@_errors
+@one_line_errors
 def events_replay(world_dir: Path, subscription: str | None, deliveries: tuple[int, ...]) -> None:
     """Send dead-lettered notifications again (kept 7 days), with a fresh retry window."""
     store = _store(world_dir)
