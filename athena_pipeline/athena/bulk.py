@@ -561,6 +561,7 @@ class _Export:
         cfg = self.config
         deadline = time.monotonic() + cfg.max_export_seconds
         polls = 0
+        transient_in_a_row = 0
         while True:
             if self.cancel.is_set():
                 raise ExportCancelled("the export was cancelled")
@@ -580,8 +581,18 @@ class _Export:
                 log.info("export %s complete after %d poll(s)", self.state["export_id"], polls)
                 return self.read_manifest(response)
             hinted = parse_retry_after(response.headers.get("retry-after"))
-            wait_s = clamp(cfg.poll_default_seconds if hinted is None else hinted,
-                           cfg.poll_min_seconds, cfg.poll_max_seconds)
+            if response.status_code == 202:
+                transient_in_a_row = 0
+                wait_s = clamp(cfg.poll_default_seconds if hinted is None else hinted,
+                               cfg.poll_min_seconds, cfg.poll_max_seconds)
+            else:
+                # A transient error without Retry-After (the SMART reference server sends none) is
+                # a hiccup, not a pace: back off from the retry policy's base instead of waiting
+                # the full default poll interval, never longer than that interval.
+                transient_in_a_row += 1
+                if hinted is None:
+                    hinted = min(cfg.retry.backoff(transient_in_a_row - 1), cfg.poll_default_seconds)
+                wait_s = clamp(hinted, cfg.poll_min_seconds, cfg.poll_max_seconds)
             if response.status_code == 202:
                 progress = _printable(response.headers.get("x-progress", ""))
                 log.info("export %s in progress: %s (next poll in %.1fs)",

@@ -188,6 +188,18 @@ def test_5xx_and_transient_status_polls(start_emulator, fhir_world, tmp_path, ca
     assert result.counts == world_counts(fhir_world, "resource_type = 'Patient'")
 
 
+def test_a_transient_poll_error_without_retry_after_backs_off_briefly(start_emulator, fhir_world, tmp_path):
+    """The SMART reference server answers a transient status error with no Retry-After: the client
+    backs off from the retry policy's base rather than waiting its full default poll interval."""
+    server = start_emulator(faults="poll_transient=2", export_processing_delay_seconds=0.5)
+    started = time.monotonic()
+    result = run_export(bulk_config(server, tmp_path, poll_default_seconds=30.0, poll_max_seconds=60.0,
+                                    max_export_seconds=120.0), types=["Patient"])
+    assert server.faults.fired("poll_transient") == 2
+    assert time.monotonic() - started < 15, "two transient errors must not cost two 30 s poll intervals"
+    assert result.counts == world_counts(fhir_world, "resource_type = 'Patient'")
+
+
 def test_slow_responses_beyond_the_timeout_are_retried(start_emulator, fhir_world, tmp_path):
     server = start_emulator(faults="slow_poll=1:2.0,slow_file=2:2.0")
     result = run_export(bulk_config(server, tmp_path, timeout=httpx.Timeout(0.7)),
