@@ -23,9 +23,11 @@ athenahealth
     ATHENA_PRACTICE_ID          athenaOne practice id (CONTEXTID) [195900]
     ATHENA_GROUP_ID             FHIR Group for the practice-wide bulk export [a-1.c-{practice_id}]
     ATHENA_SCOPES               space-separated OAuth scopes [system/*.read]
-    ATHENA_REQUESTS_PER_SECOND  client-side throttle for API calls [5]
+    ATHENA_REQUESTS_PER_SECOND  client-side throttle for API calls [5 on athenahealth's preview host,
+                                100 anywhere else]
     ATHENA_BULK_CONCURRENCY     parallel bulk export file downloads [4]
-    ATHENA_BULK_POLL_SECONDS    bulk status poll interval when the server sends no Retry-After [60]
+    ATHENA_BULK_POLL_SECONDS    longest wait between bulk status polls when the server sends no
+                                Retry-After (the waits grow 1, 2, 4, ... s up to it) [60]
     ATHENA_JWT_ALGORITHM        signing algorithm for private_key_jwt [from the key: RS384 / ES384]
 Data View (athenaOne tables)
     DATAVIEW_KIND               duckdb (the sandbox file) | snowflake (the real share) [duckdb]
@@ -204,7 +206,8 @@ class Settings:
     athena_practice_id: int = SANDBOX_PRACTICE_ID
     athena_group_id: str = f"a-1.c-{SANDBOX_PRACTICE_ID}"
     athena_scopes: str = "system/*.read"
-    athena_requests_per_second: float = 5.0
+    #: None = :func:`default_athena_requests_per_second` of ``athena_fhir_base_url``.
+    athena_requests_per_second: float | None = None
     athena_bulk_concurrency: int = 4
     athena_bulk_poll_seconds: float = 60.0
     athena_jwt_algorithm: str | None = None
@@ -259,6 +262,9 @@ class Settings:
     events_stale_minutes: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.athena_requests_per_second is None:
+            object.__setattr__(self, "athena_requests_per_second",
+                               default_athena_requests_per_second(self.athena_fhir_base_url))
         if self.athena_auth not in ATHENA_AUTH_MODES:
             raise ValueError(
                 f"ATHENA_AUTH must be one of {', '.join(ATHENA_AUTH_MODES)}, got {self.athena_auth!r}"
@@ -269,7 +275,7 @@ class Settings:
             raise ValueError(
                 f"DATAVIEW_KIND must be one of {', '.join(DATAVIEW_KINDS)}, got {self.dataview_kind!r}"
             )
-        if self.athena_requests_per_second <= 0:
+        if self.athena_requests_per_second <= 0:  # type: ignore[operator]
             raise ValueError("ATHENA_REQUESTS_PER_SECOND must be > 0")
         if self.athena_bulk_concurrency < 1:
             raise ValueError("ATHENA_BULK_CONCURRENCY must be >= 1")
@@ -488,6 +494,28 @@ class Settings:
 
 def _path_or_none(raw: str | None) -> Path | None:
     return Path(raw) if raw else None
+
+
+#: athenahealth publishes no per-second limit; go-athenahealth throttles itself to 5 requests per
+#: second on the preview host and 100 in production (../shared/specs/athenahealth-api.md, section 5).
+ATHENA_PREVIEW_REQUESTS_PER_SECOND = 5.0
+ATHENA_PRODUCTION_REQUESTS_PER_SECOND = 100.0
+
+
+def default_athena_requests_per_second(fhir_base_url: str) -> float:
+    """The client-side throttle when ``ATHENA_REQUESTS_PER_SECOND`` is unset.
+
+    5 on athenahealth's preview host (``api.preview.platform.athenahealth.com``), 100 anywhere else:
+    athena production, another Bulk Data server, the sandbox. Why not 5 everywhere: a bulk export
+    downloads one file per request, so 5 per second would cap a 200-file export at 40 s of
+    downloads however fast the server is; a server that wants less says so with 429 and
+    ``Retry-After``, which the client honours.
+    """
+    host = (urlsplit(fhir_base_url).hostname or "").lower()
+    on_athena = host == "athenahealth.com" or host.endswith(".athenahealth.com")
+    if on_athena and "preview" in host.split("."):
+        return ATHENA_PREVIEW_REQUESTS_PER_SECOND
+    return ATHENA_PRODUCTION_REQUESTS_PER_SECOND
 
 
 def _is_loopback(url: str) -> bool:

@@ -111,6 +111,21 @@ def test_sandbox_urls_follow_the_sandbox_port_and_explicit_values_win() -> None:
     assert s.is_sandbox
 
 
+@pytest.mark.parametrize(("base_url", "expected"), [
+    ("https://api.preview.platform.athenahealth.com/fhir/r4", 5.0),   # athena preview: go-athenahealth's 5
+    ("https://api.platform.athenahealth.com/fhir/r4", 100.0),         # athena production: its 100
+    ("https://bulk-data.smarthealthit.org/eyJ9/fhir", 100.0),         # any other Bulk Data server
+    ("https://preview.example.org/fhir", 100.0),                      # "preview" alone is not athena's
+    (None, 100.0),                                                    # the sandbox
+])
+def test_the_request_throttle_defaults_to_the_hosts_known_pace(base_url: str | None, expected: float) -> None:
+    """5 requests per second would cap a 200-file bulk download at 40 s on any server; only athena's
+    preview host is known to want that little. An explicit value always wins."""
+    env = {"ATHENA_FHIR_BASE_URL": base_url} if base_url else {}
+    assert Settings.from_env(env).athena_requests_per_second == expected
+    assert Settings.from_env({**env, "ATHENA_REQUESTS_PER_SECOND": "7"}).athena_requests_per_second == 7.0
+
+
 def test_empty_variables_count_as_unset() -> None:
     s = Settings.from_env({"ATHENA_CLIENT_ID": "", "WAREHOUSE_PATH": "  ", "ATHENA_PRACTICE_ID": ""})
     assert s == Settings.from_env({})
