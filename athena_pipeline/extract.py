@@ -121,7 +121,8 @@ def bulk_config(settings: Settings, **overrides: Any) -> BulkExportConfig:
     poll = settings.athena_bulk_poll_seconds
     values: dict[str, Any] = {"concurrency": settings.athena_bulk_concurrency,
                               "jwt_algorithm": settings.athena_jwt_algorithm,
-                              "poll_default_seconds": poll, "poll_min_seconds": min(1.0, poll)}
+                              "poll_default_seconds": poll, "poll_initial_seconds": min(1.0, poll),
+                              "poll_min_seconds": min(1.0, poll)}
     values.update(overrides)
     return BulkExportConfig.from_settings(settings, **values)
 

@@ -137,8 +137,12 @@ class BulkExportConfig:
     types: tuple[str, ...] = ()
     #: Parallel file downloads.
     concurrency: int = 4
-    #: Poll wait when the server sends no Retry-After, and the clamp for the ones it sends.
+    #: Without Retry-After the client backs off exponentially, as the Bulk Data IG asks: the
+    #: first wait is ``poll_initial_seconds``, each next one doubles, up to ``poll_default_seconds``.
+    #: (A fixed long wait would leave a finished small export idle for up to a minute.)
+    poll_initial_seconds: float = 1.0
     poll_default_seconds: float = 60.0
+    #: Clamp for every wait, the server's Retry-After included.
     poll_min_seconds: float = 1.0
     poll_max_seconds: float = 300.0
     #: Give up waiting for the server to finish after this long (large EHR exports take hours).
@@ -562,6 +566,7 @@ class _Export:
         deadline = time.monotonic() + cfg.max_export_seconds
         polls = 0
         transient_in_a_row = 0
+        unhinted = 0  # 202s without Retry-After so far: the exponent of the back-off
         while True:
             if self.cancel.is_set():
                 raise ExportCancelled("the export was cancelled")
@@ -583,8 +588,10 @@ class _Export:
             hinted = parse_retry_after(response.headers.get("retry-after"))
             if response.status_code == 202:
                 transient_in_a_row = 0
-                wait_s = clamp(cfg.poll_default_seconds if hinted is None else hinted,
-                               cfg.poll_min_seconds, cfg.poll_max_seconds)
+                if hinted is None:
+                    hinted = min(cfg.poll_default_seconds, cfg.poll_initial_seconds * 2 ** min(unhinted, 30))
+                    unhinted += 1
+                wait_s = clamp(hinted, cfg.poll_min_seconds, cfg.poll_max_seconds)
             else:
                 # A transient error without Retry-After (the SMART reference server sends none) is
                 # a hiccup, not a pace: back off from the retry policy's base instead of waiting

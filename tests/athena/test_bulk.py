@@ -200,6 +200,25 @@ def test_a_transient_poll_error_without_retry_after_backs_off_briefly(start_emul
     assert result.counts == world_counts(fhir_world, "resource_type = 'Patient'")
 
 
+@pytest.mark.parametrize(("cap", "first_waits"), [(30.0, [0.5, 1.0, 2.0]), (1.0, [0.5, 1.0, 1.0])])
+def test_without_retry_after_status_polls_back_off_exponentially(start_emulator, fhir_world, tmp_path, caplog,
+                                                                 cap, first_waits):
+    """Whether athena sends Retry-After is not documented. Without one the client waits 1, 2, 4 ...
+    times its first wait (the Bulk Data IG's exponential back-off), never more than
+    ATHENA_BULK_POLL_SECONDS: a quick export is picked up soon after it finishes, not a whole
+    default interval later, and a long one is not polled every second for hours."""
+    caplog.set_level(logging.INFO, logger="athena_pipeline.athena.bulk")
+    server = start_emulator(poll_retry_after_seconds=None, export_processing_delay_seconds=3.0)
+    started = time.monotonic()
+    result = run_export(bulk_config(server, tmp_path, poll_initial_seconds=0.5, poll_default_seconds=cap,
+                                    poll_min_seconds=0.05), types=["Patient"])
+    waits = [float(w) for w in re.findall(r"in progress: .*\(next poll in ([\d.]+)s\)", caplog.text)]
+    assert waits[:3] == first_waits, caplog.text
+    assert waits == [min(cap, 0.5 * 2 ** i) for i in range(len(waits))]
+    assert time.monotonic() - started < 15
+    assert result.counts == world_counts(fhir_world, "resource_type = 'Patient'")
+
+
 def test_slow_responses_beyond_the_timeout_are_retried(start_emulator, fhir_world, tmp_path):
     server = start_emulator(faults="slow_poll=1:2.0,slow_file=2:2.0")
     result = run_export(bulk_config(server, tmp_path, timeout=httpx.Timeout(0.7)),

@@ -631,10 +631,11 @@ class Emulator(FaultControl):
                     429, "throttled", "Polling too frequently; honour Retry-After.",
                     headers={"Retry-After": self.retry_after(job.next_poll_at - now)})
             wait = self.config.poll_retry_after_seconds
-            job.next_poll_at = now + wait
-            return Response(status_code=202, headers={
-                "X-Progress": self.exporter.progress(job),
-                "Retry-After": self.retry_after(wait)})
+            headers = {"X-Progress": self.exporter.progress(job)}
+            if wait is not None:  # without a hint there is no pace to enforce
+                job.next_poll_at = now + wait
+                headers["Retry-After"] = self.retry_after(wait)
+            return Response(status_code=202, headers=headers)
         if job.state == "failed":
             return operation_outcome(500, "exception", "The export failed.", severity="fatal")
         headers = {}

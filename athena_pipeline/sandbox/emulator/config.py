@@ -93,8 +93,9 @@ class EmulatorConfig:
     resources_per_file: int = 10_000
     #: Files (and the job) disappear this long after the job completes: then 404.
     file_expiry_seconds: float = 3600
-    #: ``Retry-After`` (seconds) on a 202 status poll.
-    poll_retry_after_seconds: int = 1
+    #: ``Retry-After`` (seconds) on a 202 status poll; None sends none (whether athena sends one is
+    #: not documented: specs/athenahealth-api.md section 2), so clients fall back to their own pace.
+    poll_retry_after_seconds: int | None = 1
     #: A job reports "in progress" for at least this long, so clients really poll.
     export_processing_delay_seconds: float = 2.0
     #: 429 when a client polls sooner than the Retry-After it was given (off by default).
