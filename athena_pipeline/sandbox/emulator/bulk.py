@@ -199,6 +199,7 @@ class BulkExporter:
         self.exports_dir = store.world_dir / "emulator" / "exports"
         self._lock = threading.Lock()
         self._jobs: dict[str, ExportJob] = {}
+        self._cleanups: list[threading.Thread] = []  # background deletions of DELETEd jobs' files
         self._expired: dict[str, float] = {}  # job id -> when, to say "expired" not "unknown"
         self._remove_stale_dirs()
 
@@ -224,7 +225,11 @@ class BulkExporter:
         with self._lock:
             job_ids = list(self._jobs)
         for job_id in job_ids:
-            self.cancel(job_id)
+            self.cancel(job_id, background=False)
+        with self._lock:
+            cleanups, self._cleanups = self._cleanups, []
+        for cleanup in cleanups:  # DELETEs answered earlier: their files are gone before we return
+            cleanup.join()
 
     def running_for(self, group_id: str, client_id: str) -> ExportJob | None:
         now = self.config.wall_clock()
@@ -291,8 +296,8 @@ class BulkExporter:
         with self._lock:
             return job_id in self._expired
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a job and delete its files; False when there is no such job."""
+    def cancel(self, job_id: str, *, background: bool = True) -> bool:
+        """Cancel a job and delete its files (by default after returning); False when there is no such job."""
         with self._lock:
             job = self._jobs.pop(job_id, None)
             if job is None:
@@ -305,8 +310,16 @@ class BulkExporter:
                 conn.interrupt()
             except duckdb.Error:
                 pass
-        if not was_running:
+        if not was_running and not background:
             shutil.rmtree(job.dir, ignore_errors=True)
+        elif not was_running:
+            # The job is gone for clients from here on; its files go in the background, as a real
+            # server answers the DELETE (202) before its clean-up, not after removing gigabytes.
+            cleanup = threading.Thread(target=shutil.rmtree, args=(job.dir,), kwargs={"ignore_errors": True},
+                                       name=f"bulk-cleanup-{job_id}", daemon=True)
+            cleanup.start()
+            with self._lock:
+                self._cleanups = [t for t in self._cleanups if t.is_alive()] + [cleanup]
         return True
 
     def sweep(self) -> None:
