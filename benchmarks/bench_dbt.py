@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
@@ -45,6 +44,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from bench_extract import start_emulator  # the emulator in its own process, as the extract benchmark runs it
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,19 +62,6 @@ def world_providers(world: Path) -> int | None:
 
 def world_date(world: Path) -> str:
     return json.loads((world / "world.json").read_text())["current_date"]
-
-
-def start_emulator(world: Path) -> tuple[subprocess.Popen, str]:
-    """The emulator in its own process; returns it and its base URL."""
-    proc = subprocess.Popen([str(BIN / "athena-pipeline"), "--log-level", "warning", "sandbox", "serve",
-                             "--world", str(world), "--port", "0", "--export-delay", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    match = re.search(r"base=(http://127\.0\.0\.1:\d+) ", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"the emulator did not start: {line!r}")
-    return proc, match.group(1)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -55,7 +54,7 @@ def run_ours(fhir_url: str, group: str, auth: str, extra_env: dict[str, str]) ->
         env.update(extra_env)
         started = time.perf_counter()
         proc = subprocess.run([EXE, "--log-level", "warning", "extract", "fhir", "--full"], env=env,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(f"our extract failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -76,7 +75,7 @@ def run_ours(fhir_url: str, group: str, auth: str, extra_env: dict[str, str]) ->
 
 def run_client(cmd: str, cwd: Path) -> dict:
     started = time.perf_counter()
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"the other client failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
